@@ -1,0 +1,175 @@
+"""``Activations``: reduced residual-stream activations ``[n_items, n_layers, d]`` with per-item metadata."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .backends.base import ModelInfo
+from .errors import InvalidInputError, LayerOutOfRangeError
+from .io import json_meta, load_tensors, parse_json_meta, save_tensors
+
+KIND = "activations"
+
+
+@dataclass
+class Activations:
+    """Residual-stream activations reduced over one span per item.
+
+    ``values[i, j]`` is item ``i`` at model layer ``layers[j]`` (the output of decoder block ``layers[j]``,
+    0-based), float32 on CPU. ``items[i]`` is a dict of metadata (conversation index, message index, role, turn,
+    token count, and whatever the caller attached). ``reduction`` is ``"mean"``, ``"last"`` or ``"all"`` (one item
+    per token, with ``position`` in its metadata).
+    """
+
+    values: torch.Tensor
+    layers: tuple[int, ...]
+    items: list[dict[str, Any]]
+    model: ModelInfo
+    reduction: str = "mean"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.layers = tuple(int(L) for L in self.layers)
+        if self.values.ndim != 3:
+            raise InvalidInputError(f"values must be [n_items, n_layers, d], got shape {tuple(self.values.shape)}")
+        n, nl, d = self.values.shape
+        if nl != len(self.layers):
+            raise InvalidInputError(f"values have {nl} layers but {len(self.layers)} layer indices were given")
+        if len(self.items) != n:
+            raise InvalidInputError(f"{n} rows of values but {len(self.items)} item metadata dicts")
+        if d != self.model.hidden_size:
+            raise InvalidInputError(f"values have width {d} but the model's hidden size is {self.model.hidden_size}")
+
+    def __len__(self) -> int:
+        return self.values.shape[0]
+
+    def __repr__(self) -> str:
+        return (
+            f"Activations(n_items={len(self)}, layers={_fmt_layers(self.layers)}, d={self.model.hidden_size}, "
+            f"reduction={self.reduction!r}, model={self.model.name!r})"
+        )
+
+    def layer_index(self, layer: int) -> int:
+        """Position in ``values`` of model layer ``layer`` (negative counts from the model's last layer)."""
+        L = layer % self.model.n_layers if -self.model.n_layers <= layer < 0 else layer
+        try:
+            return self.layers.index(L)
+        except ValueError:
+            raise LayerOutOfRangeError(
+                f"layer {layer} was not captured; these activations hold layers {_fmt_layers(self.layers)}"
+            ) from None
+
+    def at(self, layer: int) -> torch.Tensor:
+        """``[n_items, d]`` activations at model layer ``layer``."""
+        return self.values[:, self.layer_index(layer)]
+
+    def select(self, which: Sequence[int] | torch.Tensor | Callable[[dict[str, Any]], bool]) -> Activations:
+        """A subset of items: indices, a boolean mask, or a predicate on item metadata."""
+        if callable(which):
+            idx = [i for i, it in enumerate(self.items) if which(it)]
+        elif isinstance(which, torch.Tensor) and which.dtype == torch.bool:
+            if which.shape != (len(self),):
+                raise InvalidInputError(f"mask must have shape ({len(self)},), got {tuple(which.shape)}")
+            idx = which.nonzero().flatten().tolist()
+        else:
+            idx = [int(i) for i in which]
+        return Activations(
+            values=self.values[idx],
+            layers=self.layers,
+            items=[self.items[i] for i in idx],
+            model=self.model,
+            reduction=self.reduction,
+            extra=dict(self.extra),
+        )
+
+    def where(self, **equals: Any) -> Activations:
+        """Items whose metadata has every given key equal to the given value, e.g. ``acts.where(role="pirate")``."""
+        return self.select(lambda it: all(it.get(k) == v for k, v in equals.items()))
+
+    def mean(self) -> torch.Tensor:
+        """``[n_layers, d]`` mean over items."""
+        if len(self) == 0:
+            raise InvalidInputError("cannot average zero items")
+        return self.values.mean(0)
+
+    @staticmethod
+    def concat(parts: Iterable[Activations]) -> Activations:
+        """Stack activations of the same model, layers and reduction along the item axis."""
+        parts = list(parts)
+        if not parts:
+            raise InvalidInputError("nothing to concatenate")
+        first = parts[0]
+        for p in parts[1:]:
+            first.model.check_compatible(p.model, what="activations to concatenate")
+            if p.layers != first.layers or p.reduction != first.reduction:
+                raise InvalidInputError("activations to concatenate must share layers and reduction")
+        return Activations(
+            values=torch.cat([p.values for p in parts]),
+            layers=first.layers,
+            items=[it for p in parts for it in p.items],
+            model=first.model,
+            reduction=first.reduction,
+            extra=dict(first.extra),
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save to safetensors (atomically) with the model identity, layers, reduction and item metadata."""
+        md = self.model.to_metadata()
+        md.update(self.extra)
+        md.update(
+            {"layers": json_meta(list(self.layers)), "reduction": self.reduction, "items": json_meta(self.items)}
+        )
+        return save_tensors(path, {"values": self.values}, md, kind=KIND)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, model: Any = None, strict_name: bool = True) -> Activations:
+        """Load activations saved by :meth:`save`, bit-exactly. With ``model`` (a Backend, LoadedModel or
+        ModelInfo), refuse activations made for a model of another shape (:class:`ModelMismatchError`)."""
+        tensors, md = load_tensors(path, kind=KIND)
+        info = ModelInfo.from_metadata(md)
+        if model is not None:
+            info.check_compatible(model_info(model), what=f"the activations in {path}", strict_name=strict_name)
+        if "values" not in tensors:
+            from .errors import FileFormatError
+
+            raise FileFormatError(f"{path}: no 'values' tensor")
+        reserved = {"format", "kind", "format_version", "package_version", "layers", "reduction", "items",
+                    "model", "num_layers", "hidden_size", "layer_site"}
+        return cls(
+            values=tensors["values"],
+            layers=tuple(parse_json_meta(md, "layers", path)),
+            items=parse_json_meta(md, "items", path),
+            model=info,
+            reduction=md.get("reduction", "mean"),
+            extra={k: v for k, v in md.items() if k not in reserved},
+        )
+
+
+def model_info(model: Any) -> ModelInfo:
+    """The :class:`ModelInfo` of a Backend, LoadedModel, or ModelInfo."""
+    if isinstance(model, ModelInfo):
+        return model
+    info = getattr(model, "info", None)
+    if isinstance(info, ModelInfo):
+        return info
+    from .models import LoadedModel
+
+    if isinstance(model, LoadedModel):
+        return ModelInfo(name=model.name, n_layers=model.layers.n_layers, hidden_size=model.layers.hidden_size)
+    raise InvalidInputError(f"expected a Backend, LoadedModel or ModelInfo, got {type(model).__name__}")
+
+
+def _fmt_layers(layers: Sequence[int]) -> str:
+    layers = list(layers)
+    if layers and layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2:
+        return f"{layers[0]}..{layers[-1]}"
+    return str(layers)
+
+
+__all__ = ["Activations", "model_info"]

@@ -1,0 +1,220 @@
+"""Batched capture of residual-stream activations, reduced over the tokens of chosen messages.
+
+``capture(model, conversations)`` renders each conversation with the chat template, runs the decoder body in
+length-sorted padded batches through a backend (HF hooks, TransformerLens or nnsight), and reduces each layer's
+hidden states over each selected message's *content* tokens as soon as the layer is computed. Memory holds one
+batch's forward pass plus the reduced results, never every token of every layer. The forward pass stops after
+the last requested layer, and the LM head is never run.
+
+"Layer L" is the output of decoder block L, 0-based (``hidden_states[L + 1]`` in HF terms, except for the last
+block, whose ``hidden_states`` entry is taken after the final norm).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from .activations import Activations
+from .backends.base import Backend, as_backend
+from .chat import MessageSpan, RenderedChat, render_chat
+from .errors import ConversationError, InvalidInputError, PersonaAxesError, SpanError
+
+Reduction = Literal["mean", "last", "all"]
+REDUCTIONS = ("mean", "last", "all")
+
+
+@dataclass(frozen=True)
+class _Item:
+    conv: int  # index of the conversation
+    span: MessageSpan
+    out: int  # first output row
+    n_out: int  # rows it fills (1, or n tokens for reduce="all")
+
+
+def _with_context(e: PersonaAxesError, prefix: str) -> PersonaAxesError:
+    err = type(e)(f"{prefix}: {e}")
+    err.__cause__ = e
+    return err
+
+
+def render_all(
+    tokenizer: Any, conversations: Iterable[Sequence[Mapping[str, str]] | RenderedChat], add_generation_prompt: bool
+) -> list[RenderedChat]:
+    """Render every conversation, naming the index of any that fails."""
+    out = []
+    for i, conv in enumerate(conversations):
+        if isinstance(conv, RenderedChat):
+            out.append(conv)
+            continue
+        try:
+            out.append(render_chat(tokenizer, conv, add_generation_prompt=add_generation_prompt))
+        except PersonaAxesError as e:
+            raise _with_context(e, f"conversation {i}") from e
+    if not out:
+        raise ConversationError("no conversations were given; pass a list of message lists")
+    return out
+
+
+def _plan(rendered: list[RenderedChat], which: str | int, reduce: str) -> tuple[list[list[_Item]], int]:
+    """Items per conversation, and the total number of output rows."""
+    plan: list[list[_Item]] = []
+    row = 0
+    for ci, r in enumerate(rendered):
+        try:
+            spans = r.select(which)
+        except SpanError as e:
+            raise _with_context(e, f"conversation {ci}") from e
+        items = []
+        for s in spans:
+            if len(s) == 0:
+                raise SpanError(
+                    f"conversation {ci}: message {s.index} ({s.role}) has no content tokens to reduce over; "
+                    "drop empty messages or choose another span"
+                )
+            n_out = len(s) if reduce == "all" else 1
+            items.append(_Item(conv=ci, span=s, out=row, n_out=n_out))
+            row += n_out
+        plan.append(items)
+    return plan, row
+
+
+def _item_meta(item: _Item, r: RenderedChat, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    meta = {
+        "conversation": item.conv,
+        "message": item.span.index,
+        "role": item.span.role,
+        "turn": item.span.turn,
+        "n_tokens": len(item.span),
+    }
+    if extra:
+        meta.update(extra)
+    return meta
+
+
+def capture(
+    model: Any,
+    conversations: Sequence[Sequence[Mapping[str, str]] | RenderedChat],
+    *,
+    layers: int | Iterable[int] | None = None,
+    which: str | int = "last_assistant",
+    reduce: Reduction = "mean",
+    batch_size: int = 16,
+    padding_side: Literal["right", "left"] = "right",
+    add_generation_prompt: bool = False,
+    metadata: Sequence[Mapping[str, Any]] | None = None,
+    backend: str = "hf",
+    progress: bool = True,
+) -> Activations:
+    """Capture residual activations ``[n_items, n_layers, d]`` over chosen message spans.
+
+    Args:
+        model: a :class:`~persona_axes.backends.Backend`, a ``LoadedModel`` from ``load_model()``, or
+            ``(model, tokenizer)``.
+        conversations: message lists (``[{"role": ..., "content": ...}, ...]``) or pre-rendered chats.
+        layers: block indices (0-based output of block L; negatives count from the end); ``None`` = all.
+        which: the span(s) to reduce over in each conversation: ``"last_assistant"`` (default), ``"assistant"``,
+            ``"user"``, ``"system"``, ``"messages"``, ``"sequence"`` or a message index. Each selected span is one
+            item (with ``reduce="all"``, each of its tokens is).
+        reduce: ``"mean"`` over the span's content tokens, ``"last"`` token, or ``"all"`` tokens (opt-in).
+        batch_size: conversations per forward pass; batches are sorted by length to limit padding.
+        padding_side: where padding goes; both give the same result (positions ignore padding).
+        metadata: one dict per conversation, merged into each of its items' metadata.
+        backend: ``"hf"``, ``"tlens"`` or ``"nnsight"`` when ``model`` is not already a Backend.
+    """
+    if reduce not in REDUCTIONS:
+        raise InvalidInputError(f"reduce={reduce!r} is not one of {', '.join(REDUCTIONS)}")
+    if padding_side not in ("right", "left"):
+        raise InvalidInputError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(conversations, (str, bytes, Mapping)):
+        raise ConversationError("conversations must be a list of conversations (each a list of messages)")
+    be: Backend = as_backend(model, backend)
+    layer_list = be.layers(layers)
+    conversations = list(conversations)
+    if metadata is not None and len(metadata) != len(conversations):
+        raise InvalidInputError(f"{len(metadata)} metadata dicts for {len(conversations)} conversations")
+    rendered = render_all(be.tokenizer, conversations, add_generation_prompt)
+    plan, n_rows = _plan(rendered, which, reduce)
+
+    d = be.info.hidden_size
+    values = torch.empty(n_rows, len(layer_list), d, dtype=torch.float32)
+    items_meta: list[dict[str, Any]] = [None] * n_rows  # type: ignore[list-item]
+    for ci, items in enumerate(plan):
+        for it in items:
+            base = _item_meta(it, rendered[ci], metadata[ci] if metadata is not None else None)
+            if reduce == "all":
+                for k in range(it.n_out):
+                    items_meta[it.out + k] = {**base, "position": it.span.start + k}
+            else:
+                items_meta[it.out] = base
+    layer_pos = {L: j for j, L in enumerate(layer_list)}
+
+    order = sorted(range(len(rendered)), key=lambda i: -len(rendered[i]))
+    device = be.device
+    pad_id = be.pad_token_id
+    bar = tqdm(total=n_rows, desc="capture", unit="item", disable=not progress, leave=False)
+    try:
+        for b0 in range(0, len(order), batch_size):
+            batch = order[b0 : b0 + batch_size]
+            width = max(len(rendered[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            rows: list[tuple[_Item, int]] = []  # (item, flat offset of its first token)
+            for r, ci in enumerate(batch):
+                seq = rendered[ci].input_ids
+                off = width - len(seq) if padding_side == "left" else 0
+                ids[r, off : off + len(seq)] = torch.tensor(seq, dtype=torch.long)
+                mask[r, off : off + len(seq)] = 1
+                rows.extend((it, r * width + off) for it in plan[ci])
+            reducer = _Reducer(rows, len(batch) * width, reduce, device)
+            targets = [it.out + k for it, _ in rows for k in range(it.n_out)]
+            target_idx = torch.tensor(targets, dtype=torch.long)
+
+            def on_layer(L: int, hidden: torch.Tensor) -> None:
+                flat = hidden.reshape(-1, hidden.shape[-1])
+                values[target_idx, layer_pos[L]] = reducer(flat).to("cpu", torch.float32)
+
+            be.run_layers(ids.to(device), mask.to(device), layer_list, on_layer)
+            bar.update(len(targets))
+    finally:
+        bar.close()
+    if not torch.isfinite(values).all():
+        bad = (~torch.isfinite(values)).any(-1).any(-1).nonzero().flatten().tolist()[:5]
+        raise InvalidInputError(
+            f"captured activations contain NaN/inf (first items: {bad}); the model produced non-finite hidden states "
+            "(try float32 instead of float16)"
+        )
+    return Activations(values=values, layers=tuple(layer_list), items=items_meta, model=be.info, reduction=reduce)
+
+
+class _Reducer:
+    """Reduces flattened hidden states ``[batch * seq, d]`` to one row per output with a single matmul or gather."""
+
+    def __init__(self, rows: list[tuple[_Item, int]], n_flat: int, reduce: str, device: torch.device):
+        self.reduce = reduce
+        if reduce == "all":
+            idx = [base + it.span.start + k for it, base in rows for k in range(it.n_out)]
+            self.index = torch.tensor(idx, dtype=torch.long, device=device)
+            return
+        if reduce == "last":
+            idx = [base + it.span.end - 1 for it, base in rows]
+            self.index = torch.tensor(idx, dtype=torch.long, device=device)
+            return
+        weights = torch.zeros(len(rows), n_flat, dtype=torch.float32)
+        for j, (it, base) in enumerate(rows):
+            weights[j, base + it.span.start : base + it.span.end] = 1.0 / len(it.span)
+        self.weights = weights.to(device)
+
+    def __call__(self, flat: torch.Tensor) -> torch.Tensor:
+        if self.reduce == "mean":
+            return self.weights @ flat.float()
+        return flat.index_select(0, self.index).float()
+
+
+__all__ = ["capture", "render_all", "REDUCTIONS"]
