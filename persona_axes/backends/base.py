@@ -61,18 +61,18 @@ class ModelInfo:
         """
         problems = []
         if self.hidden_size != other.hidden_size:
-            problems.append(f"hidden size {self.hidden_size} vs {other.hidden_size}")
+            problems.append(f"hidden size {self.hidden_size} here, {other.hidden_size} in the model")
         if self.n_layers != other.n_layers:
-            problems.append(f"{self.n_layers} layers vs {other.n_layers}")
+            problems.append(f"{self.n_layers} layers here, {other.n_layers} in the model")
         if self.layer_site != other.layer_site:
-            problems.append(f"layer site {self.layer_site!r} vs {other.layer_site!r}")
+            problems.append(f"layer site {self.layer_site!r} here, {other.layer_site!r} in the model")
         if strict_name and _norm_name(self.name) != _norm_name(other.name):
-            problems.append(f"model {self.name!r} vs {other.name!r}")
+            problems.append(f"made for model {self.name!r}, not {other.name!r}")
         if problems:
             raise ModelMismatchError(
                 f"{what} were made for {self.name!r} and do not fit {other.name!r}: {'; '.join(problems)}. "
                 "Recompute them on this model"
-                + (" (or pass strict_name=False if only the name differs)." if len(problems) == 1 and problems[0].startswith("model") else ".")
+                + (" (or pass strict_name=False if only the name differs)." if len(problems) == 1 and problems[0].startswith("made for") else ".")
             )
 
 

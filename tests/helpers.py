@@ -1,0 +1,28 @@
+"""Plain helpers shared by tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def make_tiny_llama(vocab_size: int, n_layers: int = 4, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+    )
+    return LlamaForCausalLM(cfg).eval().requires_grad_(False)
+
+
+def conversations(n: int = 7):
+    """Varied multi-turn conversations of different lengths."""
+    out = []
+    for i in range(n):
+        conv = [{"role": "system", "content": "You are a pirate who loves the sea." if i % 2 else "You are a helpful assistant."}]
+        for t in range(1 + i % 3):
+            conv.append({"role": "user", "content": f"Hello there! How are you today? {'Numbers: 1 2 3. ' * (i + t)}"})
+            conv.append({"role": "assistant", "content": "Arr, matey! " * (1 + (i * 3 + t) % 5) + "The treasure lies beyond."})
+        out.append(conv)
+    return out

@@ -1,0 +1,181 @@
+import pytest
+import torch
+
+import persona_axes as pa
+import importlib
+
+capture_mod = importlib.import_module("persona_axes.capture")
+from persona_axes.errors import (
+    ConversationError,
+    FileFormatError,
+    InvalidInputError,
+    LayerOutOfRangeError,
+    ModelMismatchError,
+    SpanError,
+)
+
+from helpers import conversations
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def _independent(loaded, conv, which_role="assistant", layers=None):
+    """Mean of output_hidden_states[L + 1] over the last span of ``which_role``, one sample at a time, plus a
+    hook on the last block (whose hidden_states entry is taken after the final norm)."""
+    m, tok = loaded
+    r = pa.render_chat(tok, conv)
+    s = [s for s in r.spans if s.role == which_role][-1]
+    last = {}
+    h = loaded.layers.blocks[-1].register_forward_hook(lambda mod, a, o: last.setdefault("o", o[0] if isinstance(o, tuple) else o))
+    try:
+        with torch.no_grad():
+            hs = m(torch.tensor([r.input_ids]), output_hidden_states=True).hidden_states
+    finally:
+        h.remove()
+    n = loaded.layers.n_layers
+    per_layer = [hs[L + 1][0] for L in range(n - 1)] + [last["o"][0]]
+    return torch.stack([per_layer[L][s.start : s.end].mean(0) for L in (layers or range(n))])
+
+
+def test_capture_equals_independent_computation(tiny):
+    convs = conversations(5)
+    acts = pa.capture(tiny, convs, batch_size=3, progress=False)
+    assert acts.values.shape == (5, 4, 64)
+    assert acts.layers == (0, 1, 2, 3)
+    for i, conv in enumerate(convs):
+        ref = _independent(tiny, conv)
+        assert torch.allclose(acts.values[i], ref, atol=1e-5, rtol=1e-5)
+    assert [it["conversation"] for it in acts.items] == list(range(5))
+    assert all(it["role"] == "assistant" for it in acts.items)
+
+
+def test_batched_equals_one_at_a_time(tiny):
+    convs = conversations(7)
+    batched = pa.capture(tiny, convs, batch_size=4, progress=False)
+    single = pa.capture(tiny, convs, batch_size=1, progress=False)
+    assert torch.allclose(batched.values, single.values, atol=1e-5)
+    assert batched.items == single.items
+
+
+@pytest.mark.parametrize("reduce", ["mean", "last", "all"])
+def test_left_padding_equals_right_padding(tiny, reduce):
+    convs = conversations(7)
+    right = pa.capture(tiny, convs, batch_size=7, reduce=reduce, progress=False)
+    left = pa.capture(tiny, convs, batch_size=7, reduce=reduce, padding_side="left", progress=False)
+    assert torch.allclose(right.values, left.values, atol=1e-5)
+
+
+def test_last_and_all_reductions(tiny):
+    convs = conversations(3)
+    mean = pa.capture(tiny, convs, layers=[1, 3], progress=False)
+    last = pa.capture(tiny, convs, layers=[1, 3], reduce="last", progress=False)
+    allt = pa.capture(tiny, convs, layers=[1, 3], reduce="all", progress=False)
+    for ci in range(3):
+        rows = allt.where(conversation=ci)
+        assert len(rows) == rows.items[0]["n_tokens"]
+        assert torch.allclose(rows.values.mean(0), mean.values[ci], atol=1e-5)
+        assert torch.equal(rows.values[-1], last.values[ci])
+        assert [it["position"] for it in rows.items] == list(range(rows.items[0]["position"], rows.items[0]["position"] + len(rows)))
+
+
+def test_layer_subset_and_negative_layers(tiny):
+    convs = conversations(3)
+    full = pa.capture(tiny, convs, progress=False)
+    sub = pa.capture(tiny, convs, layers=[2, -1, 0], progress=False)
+    assert sub.layers == (0, 2, 3)
+    assert torch.allclose(sub.values, full.values[:, [0, 2, 3]], atol=1e-6)
+    assert torch.equal(sub.at(-1), sub.values[:, 2])
+
+
+def test_capture_stops_after_last_layer_and_skips_head(tiny):
+    calls = {"head": 0, "block3": 0}
+    h1 = tiny.model.lm_head.register_forward_hook(lambda *a: calls.__setitem__("head", calls["head"] + 1))
+    h2 = tiny.layers.blocks[3].register_forward_hook(lambda *a: calls.__setitem__("block3", calls["block3"] + 1))
+    try:
+        pa.capture(tiny, conversations(2), layers=[0, 1], progress=False)
+        assert calls == {"head": 0, "block3": 0}
+        pa.capture(tiny, conversations(2), layers=[3], progress=False)
+        assert calls == {"head": 0, "block3": 1}
+    finally:
+        h1.remove(), h2.remove()
+
+
+def test_which_selects_items(tiny):
+    convs = conversations(3)  # 1, 2 and 3 user/assistant pairs
+    acts = pa.capture(tiny, convs, which="assistant", progress=False)
+    assert len(acts) == 1 + 2 + 3
+    assert [it["turn"] for it in acts.items] == [0, 0, 1, 0, 1, 2]
+    msgs = pa.capture(tiny, convs, which="messages", metadata=[{"tag": i} for i in range(3)], progress=False)
+    assert len(msgs) == sum(len(c) for c in convs)
+    assert msgs.where(conversation=2, role="user").items[1]["tag"] == 2
+
+
+def _hooks(module):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
+
+
+def test_exception_inside_capture_leaves_no_hook(tiny, monkeypatch):
+    ids = torch.tensor([[5, 6, 7, 8]])
+    before = tiny.model(ids).logits
+    n_hooks = _hooks(tiny.model)
+
+    def boom(self, flat):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(capture_mod._Reducer, "__call__", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        pa.capture(tiny, conversations(2), progress=False)
+    assert _hooks(tiny.model) == n_hooks
+    assert torch.equal(tiny.model(ids).logits, before)
+
+
+def test_save_load_roundtrip_bit_exact(tiny, tmp_path):
+    acts = pa.capture(tiny, conversations(3), layers=[1, 2], metadata=[{"label": f"c{i}"} for i in range(3)], progress=False)
+    p = acts.save(tmp_path / "acts.safetensors")
+    back = pa.Activations.load(p, model=tiny)
+    assert torch.equal(back.values, acts.values)
+    assert back.layers == acts.layers and back.items == acts.items and back.model == acts.model
+    assert back.reduction == "mean"
+    # against a model of another shape
+    other = pa.ModelInfo(name="tiny-llama", n_layers=6, hidden_size=64)
+    with pytest.raises(ModelMismatchError, match="4 layers here, 6 in the model"):
+        pa.Activations.load(p, model=other)
+    other = pa.ModelInfo(name="tiny-llama", n_layers=4, hidden_size=32)
+    with pytest.raises(ModelMismatchError, match="hidden size"):
+        pa.Activations.load(p, model=other)
+
+
+def test_corrupt_and_foreign_files_are_refused(tiny, tmp_path):
+    acts = pa.capture(tiny, conversations(2), layers=[1], progress=False)
+    p = acts.save(tmp_path / "a.safetensors")
+    data = p.read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(FileFormatError, match="truncated"):
+        pa.Activations.load(tmp_path / "trunc.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"values": torch.zeros(1, 1, 64)}, tmp_path / "foreign.safetensors", metadata={"hello": "x"})
+    with pytest.raises(FileFormatError, match="not a persona_axes file"):
+        pa.Activations.load(tmp_path / "foreign.safetensors")
+    with pytest.raises(FileFormatError, match="no such file"):
+        pa.Activations.load(tmp_path / "missing.safetensors")
+
+
+def test_bad_inputs(tiny):
+    convs = conversations(2)
+    with pytest.raises(LayerOutOfRangeError, match="0..3"):
+        pa.capture(tiny, convs, layers=[4], progress=False)
+    with pytest.raises(ConversationError, match="conversation 1.*empty"):
+        pa.capture(tiny, [convs[0], []], progress=False)
+    with pytest.raises(SpanError, match="conversation 1.*no assistant"):
+        pa.capture(tiny, [convs[0], [{"role": "user", "content": "Hi"}]], progress=False)
+    with pytest.raises(ConversationError, match="no conversations"):
+        pa.capture(tiny, [], progress=False)
+    with pytest.raises(InvalidInputError, match="reduce"):
+        pa.capture(tiny, convs, reduce="max", progress=False)
+    with pytest.raises(InvalidInputError, match="metadata"):
+        pa.capture(tiny, convs, metadata=[{}], progress=False)
+    with pytest.raises(SpanError, match="no content tokens"):
+        pa.capture(tiny, [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}]], progress=False)
