@@ -12,7 +12,7 @@ block, whose ``hidden_states`` entry is taken after the final norm).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -155,23 +155,12 @@ def capture(
                 items_meta[it.out] = base
     layer_pos = {L: j for j, L in enumerate(layer_list)}
 
-    order = sorted(range(len(rendered)), key=lambda i: -len(rendered[i]))
     device = be.device
-    pad_id = be.pad_token_id
     bar = tqdm(total=n_rows, desc="capture", unit="item", disable=not progress, leave=False)
     try:
-        for b0 in range(0, len(order), batch_size):
-            batch = order[b0 : b0 + batch_size]
-            width = max(len(rendered[i]) for i in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            rows: list[tuple[_Item, int]] = []  # (item, flat offset of its first token)
-            for r, ci in enumerate(batch):
-                seq = rendered[ci].input_ids
-                off = width - len(seq) if padding_side == "left" else 0
-                ids[r, off : off + len(seq)] = torch.tensor(seq, dtype=torch.long)
-                mask[r, off : off + len(seq)] = 1
-                rows.extend((it, r * width + off) for it in plan[ci])
+        for batch, ids, mask, offsets in iter_batches(rendered, batch_size, padding_side, be.pad_token_id):
+            width = ids.shape[1]
+            rows = [(it, r * width + offsets[r]) for r, ci in enumerate(batch) for it in plan[ci]]
             reducer = _Reducer(rows, len(batch) * width, reduce, device)
             targets = [it.out + k for it, _ in rows for k in range(it.n_out)]
             target_idx = torch.tensor(targets, dtype=torch.long)
@@ -191,6 +180,27 @@ def capture(
             "(try float32 instead of float16)"
         )
     return Activations(values=values, layers=tuple(layer_list), items=items_meta, model=be.info, reduction=reduce)
+
+
+def iter_batches(
+    rendered: Sequence[RenderedChat], batch_size: int, padding_side: str, pad_id: int
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, list[int]]]:
+    """Length-sorted (longest first) padded batches: ``(indices, input_ids [b, s], attention_mask [b, s],
+    per-row offset of the first real token)``."""
+    order = sorted(range(len(rendered)), key=lambda i: -len(rendered[i]))
+    for b0 in range(0, len(order), batch_size):
+        batch = order[b0 : b0 + batch_size]
+        width = max(len(rendered[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        offsets = []
+        for r, ci in enumerate(batch):
+            seq = rendered[ci].input_ids
+            off = width - len(seq) if padding_side == "left" else 0
+            ids[r, off : off + len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[r, off : off + len(seq)] = 1
+            offsets.append(off)
+        yield batch, ids, mask, offsets
 
 
 class _Reducer:
@@ -217,4 +227,4 @@ class _Reducer:
         return flat.index_select(0, self.index).float()
 
 
-__all__ = ["capture", "render_all", "REDUCTIONS"]
+__all__ = ["capture", "iter_batches", "render_all", "REDUCTIONS"]

