@@ -1,0 +1,89 @@
+import json
+
+import pytest
+import torch
+
+import persona_axes as pa
+from persona_axes.errors import ConversationError, FileFormatError, InvalidInputError
+from persona_axes.generation import SamplingConfig
+from persona_axes.interventions import calibrate_cap
+from persona_axes.monitor import LiveMonitor, load_transcript, monitor_transcript
+
+from helpers import conversations
+
+D = 64
+
+
+def _axis():
+    return torch.randn(4, D, generator=torch.Generator().manual_seed(7))
+
+
+def test_projections_equal_capturing_each_turn_separately(tiny):
+    conv = conversations(3)[2]
+    axis = _axis()
+    rep = monitor_transcript(tiny, conv, axis, layer=2)
+    u = axis[2] / axis[2].norm()
+    assert [r.role for r in rep.records] == [m["role"] for m in conv if m["role"] != "system"]
+    for r in rep.records:
+        single = pa.capture(tiny, [conv], layers=[2], which=r.message, progress=False)
+        assert r.projection == pytest.approx(float(single.at(2)[0] @ u), abs=1e-4)
+        assert r.text == conv[r.message]["content"]
+
+
+def test_ema_and_dead_band_alerts(tiny):
+    conv = conversations(3)[2]
+    axis = _axis()
+    raw = [r.projection for r in monitor_transcript(tiny, conv, axis, layer=2, roles=("assistant",)).records]
+    rep = monitor_transcript(tiny, conv, axis, layer=2, roles=("assistant",), ema=0.5, threshold=sorted(raw)[1])
+    expect, s = [], None
+    for x in raw:  # independent EMA
+        s = x if s is None else 0.5 * x + 0.5 * s
+        expect.append(s)
+    assert [r.smoothed for r in rep.records] == pytest.approx(expect)
+    assert [r.alert for r in rep.records] == [v < sorted(raw)[1] for v in expect]
+    # dead band: an alert stays on until the value is back past threshold + width
+    from persona_axes.monitor import _Smoother
+
+    sm = _Smoother(threshold=0.0, direction="below", ema=None, dead_band=1.0)
+    assert [sm(x)[1] for x in [1.0, -0.5, 0.5, 1.2, -0.1]] == [False, True, True, False, True]
+
+
+def test_transcript_files_and_errors(tiny, tmp_path):
+    conv = conversations(2)[1]
+    (tmp_path / "t.json").write_text(json.dumps({"messages": conv}))
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(m) for m in conv))
+    assert load_transcript(tmp_path / "t.json") == conv == load_transcript(tmp_path / "t.jsonl")
+    rep = monitor_transcript(tiny, tmp_path / "t.jsonl", _axis(), layer=1)
+    assert len(rep.assistant()) == 2
+    with pytest.raises(ConversationError, match="no assistant turn"):
+        monitor_transcript(tiny, [{"role": "user", "content": "hi"}], _axis(), layer=1)
+    with pytest.raises(InvalidInputError, match="threshold"):
+        monitor_transcript(tiny, conv, _axis(), layer=1, threshold=float("nan"))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(FileFormatError, match="not valid JSON"):
+        load_transcript(tmp_path / "bad.json")
+    with pytest.raises(FileFormatError, match="no such"):
+        load_transcript(tmp_path / "missing.json")
+
+
+def test_report_dataframe_and_figure(tiny):
+    rep = monitor_transcript(tiny, conversations(3)[2], _axis(), layer=2, threshold=0.0)
+    df = rep.to_dataframe()
+    assert list(df["projection"]) == [r.projection for r in rep.records]
+    fig = rep.figure()
+    assert len(fig.data) >= 2 and fig.layout.title.text.startswith("Projection onto")
+
+
+def test_live_monitor_with_cap_matches_offline(tiny):
+    axis = _axis()
+    ref = pa.capture(tiny, conversations(5), which="messages", progress=False)
+    cap = calibrate_cap(axis, ref, layers=[1, 2], percentile=50)
+    mon = LiveMonitor(tiny, axis, layer=2, system="You are a pirate.", cap=cap, sampling=SamplingConfig(max_new_tokens=4))
+    r1 = mon.say("Hello there! How are you today?")
+    r2 = mon.say("What do you think about the sea?")
+    assert (r1.role, r2.role, r1.turn, r2.turn) == ("assistant", "assistant", 0, 1)
+    assert len(mon.messages) == 5 and len(mon.report().records) == 4
+    offline = monitor_transcript(tiny, mon.messages, axis, layer=2)
+    assert [r.projection for r in offline.records] == pytest.approx([r.projection for r in mon.report().records], abs=1e-4)
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in tiny.model.modules())
+    assert hooks == 0
