@@ -76,6 +76,7 @@ def test_report_dataframe_and_figure(tiny):
 
 def test_live_monitor_with_cap_matches_offline(tiny):
     axis = _axis()
+    hooks_before = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in tiny.model.modules())
     ref = pa.capture(tiny, conversations(5), which="messages", progress=False)
     cap = calibrate_cap(axis, ref, layers=[1, 2], percentile=50)
     mon = LiveMonitor(tiny, axis, layer=2, system="You are a pirate.", cap=cap, sampling=SamplingConfig(max_new_tokens=4))
@@ -86,4 +87,4 @@ def test_live_monitor_with_cap_matches_offline(tiny):
     offline = monitor_transcript(tiny, mon.messages, axis, layer=2)
     assert [r.projection for r in offline.records] == pytest.approx([r.projection for r in mon.report().records], abs=1e-4)
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in tiny.model.modules())
-    assert hooks == 0
+    assert hooks == hooks_before  # (transformers itself may keep output-recording hooks)
