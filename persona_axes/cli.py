@@ -50,6 +50,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .pipeline import PipelineConfig, run_pipeline
+
+    loaded = load_model(args.model, device=args.device)
+    cfg = PipelineConfig(preset=args.preset, judge=args.judge, seed=args.seed)
+    res = run_pipeline(loaded, args.out, cfg, progress=not args.quiet)
+    s = res.summary
+    print(f"\n{s['model']}: {sum(s['n_rollouts'].values())} rollouts, judge {s['judge']}, "
+          f"role acceptance {s['role_acceptance_rate']:.0%}, {len(s['roles_kept'])} roles kept")
+    print(f"chosen layer {s['best_layer']}; cos(axis, PC1) and PC1 explained variance by layer:")
+    for L, (c, ev) in enumerate(zip(s["pc1_cosine_by_layer"], s["pc1_explained_variance_by_layer"])):
+        print(f"  layer {L:>2}: cos {c:+.3f}   PC1 var {ev:.3f}")
+    print(f"\nwrote {res.out_dir}/vectors/ and {res.out_dir}/summary.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="persona-axes", description="Persona directions in language models.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -69,6 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-new-tokens", type=int, default=48)
     demo.add_argument("--out", default=None, help="save the mean activations to this .safetensors file")
     demo.set_defaults(func=_cmd_demo)
+
+    pipe = sub.add_parser(
+        "pipeline",
+        help="rollouts -> judge -> capture -> role/trait vectors -> persona space and the Assistant Axis",
+        description="Run (or resume) the paper's pipeline on a model and write vectors, a capping config and a "
+        "summary under --out. Re-running skips every finished stage.",
+        epilog="example: persona-axes pipeline --preset quick --out runs/smollm2-quick",
+    )
+    pipe.add_argument("--model", default=None, help="HF id or local folder (default: embedded SmolLM2)")
+    pipe.add_argument("--device", default=None)
+    pipe.add_argument("--preset", default="quick", help="rollout preset: quick (CPU) or paper (GPU scale)")
+    pipe.add_argument("--judge", default="embedding", help="embedding | none | http://host:port/v1@model")
+    pipe.add_argument("--out", required=True, help="output folder (resumable)")
+    pipe.add_argument("--seed", type=int, default=0)
+    pipe.add_argument("--quiet", action="store_true", help="no progress bars")
+    pipe.set_defaults(func=_cmd_pipeline)
     return p
 
 

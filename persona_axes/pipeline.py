@@ -1,0 +1,222 @@
+"""The paper's pipeline end to end: rollouts -> judge -> capture -> role/trait vectors -> persona space -> files.
+
+Every stage writes to ``out_dir`` and is skipped when its output is already there, so an interrupted run resumes
+where it stopped (rollouts resume item by item; activations per group):
+
+    out_dir/rollouts.jsonl                      generated replies, judge scores cached inside
+    out_dir/activations/{role,default,trait}.safetensors
+    out_dir/vectors/assistant_axis.safetensors  the Assistant Axis, [num_layers, hidden_size]
+    out_dir/vectors/roles.safetensors           one mean vector per accepted role
+    out_dir/vectors/default.safetensors         the default Assistant's mean vector
+    out_dir/vectors/traits/<trait>.safetensors  contrastive trait vectors (mean difference)
+    out_dir/vectors/capping.safetensors         an activation cap calibrated on default-assistant replies
+    out_dir/summary.json                        every number the report quotes
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .activations import Activations
+from .backends.base import as_backend
+from .capture import capture
+from .datasets import load_roles, load_traits
+from .errors import FileFormatError, InvalidInputError, ModelMismatchError
+from .interventions import calibrate_cap
+from .io import atomic_write
+from .judge import accepts_role, judge_from_spec, keeps_trait_sample
+from .rollouts import PRESETS, RolloutPreset, RolloutStore, judge_rollouts, run_rollouts
+from .space import PersonaSpace
+from .vectors import VectorSet, mean_vector, role_vectors, trait_vector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineConfig:
+    """What to run. ``cap_band`` is the half-width of the band of capped layers around the chosen layer."""
+
+    preset: str | RolloutPreset = "quick"
+    judge: str = "embedding"
+    min_role_samples: int = 3
+    min_trait_samples: int = 4
+    n_components: int = 10
+    cap_percentile: float = 25.0
+    cap_band: int = 3
+    capture_batch_size: int = 16
+    seed: int = 0
+
+    def resolved_preset(self) -> RolloutPreset:
+        if isinstance(self.preset, RolloutPreset):
+            return self.preset
+        if self.preset not in PRESETS:
+            raise InvalidInputError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        return PRESETS[self.preset]
+
+
+@dataclass
+class PipelineResult:
+    out_dir: Path
+    space: PersonaSpace
+    axis: Any
+    roles: VectorSet
+    traits: dict[str, Any]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _capture_group(be, records, path: Path, judge_name: str, batch_size: int, progress: bool) -> Activations:
+    ids = [r.id for r in records]
+    if path.exists():
+        try:
+            acts = Activations.load(path, model=be.info)
+            if [it["id"] for it in acts.items] == ids:
+                return acts
+            log.info("%s holds other rollouts; capturing again", path)
+        except (FileFormatError, ModelMismatchError) as e:
+            log.warning("ignoring %s (%s); capturing again", path, e)
+    meta = []
+    for r in records:
+        score = r.score(judge_name)
+        meta.append({"id": r.id, "kind": r.kind, "name": r.name, "polarity": r.polarity, "prompt_index": r.prompt_index,
+                     "question_id": r.question_id, "score": None if score is None or (isinstance(score, float) and math.isnan(score)) else score})
+    acts = capture(be, [r.messages() for r in records], metadata=meta, batch_size=batch_size, progress=progress)
+    acts.save(path)
+    return acts
+
+
+def _band(center: int, half: int, n_layers: int) -> list[int]:
+    return [L for L in range(center - half, center + half + 1) if 0 <= L < n_layers]
+
+
+def run_pipeline(model: Any, out_dir: str | Path, config: PipelineConfig | None = None, *,
+                 progress: bool = True) -> PipelineResult:
+    """Run (or resume) the whole pipeline on ``model`` and write every result under ``out_dir``."""
+    config = config or PipelineConfig()
+    preset = config.resolved_preset()
+    out = Path(out_dir)
+    (out / "activations").mkdir(parents=True, exist_ok=True)
+    be = as_backend(model)
+    t0 = time.time()
+    timings: dict[str, float] = {}
+
+    # 1. rollouts (resumable item by item)
+    store = RolloutStore(out / "rollouts.jsonl")
+    requests = preset.build_requests()
+    report = run_rollouts(be, requests, store, preset.sampling(config.seed), batch_size=preset.batch_size,
+                          progress=progress)
+    timings["rollouts_s"] = time.time() - t0
+    wanted = {r.id for r in requests}
+    records = [r for r in store.records() if r.id in wanted]
+
+    # 2. judge (scores cached in the store)
+    t = time.time()
+    judge = judge_from_spec(config.judge)
+    roles_data, traits_data = load_roles(), load_traits()
+    judge_rollouts(store, judge, roles=roles_data, traits=traits_data, progress=progress)
+    store = RolloutStore(out / "rollouts.jsonl")
+    records = [r for r in store.records() if r.id in wanted]
+    timings["judge_s"] = time.time() - t
+
+    # 3. capture, per group
+    t = time.time()
+    groups = {k: [r for r in records if r.kind == k] for k in ("role", "default", "trait")}
+    acts = {k: _capture_group(be, recs, out / "activations" / f"{k}.safetensors", judge.name,
+                              config.capture_batch_size, progress) for k, recs in groups.items() if recs}
+    timings["capture_s"] = time.time() - t
+    if "role" not in acts or "default" not in acts:
+        raise InvalidInputError("the preset produced no role or no default rollouts; both are needed for the axis")
+
+    # 4. vectors
+    role_acts = acts["role"]
+    accepted = role_acts.select(lambda it: it["score"] is None or accepts_role(int(it["score"])))
+    acceptance = {}
+    for name in dict.fromkeys(it["name"] for it in role_acts.items):
+        n_all = sum(it["name"] == name for it in role_acts.items)
+        n_ok = sum(it["name"] == name for it in accepted.items)
+        acceptance[name] = (n_ok, n_all)
+    families = {n: roles_data[n].family for n in acceptance if n in roles_data}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        roles = role_vectors(accepted, key="name", min_count=config.min_role_samples, families=families)
+    skipped_roles = [str(w.message) for w in caught]
+    default_vec = mean_vector(acts["default"], name="default_assistant")
+    space = PersonaSpace(n_components=config.n_components).fit(roles, default=default_vec)
+    axis = space.assistant_axis()
+    sweep = space.layer_sweep(acts["default"], accepted)
+    best = sweep.best_layer
+
+    traits: dict[str, Any] = {}
+    trait_info: dict[str, Any] = {}
+    if "trait" in acts:
+        ta = acts["trait"]
+        for name in dict.fromkeys(it["name"] for it in ta.items):
+            pos_all = ta.where(name=name, polarity="pos")
+            neg_all = ta.where(name=name, polarity="neg")
+            pos = pos_all.select(lambda it: it["score"] is None or keeps_trait_sample(float(it["score"]), True))
+            neg = neg_all.select(lambda it: it["score"] is None or keeps_trait_sample(float(it["score"]), False))
+            filtered = len(pos) >= config.min_trait_samples and len(neg) >= config.min_trait_samples
+            if not filtered:
+                pos, neg = pos_all, neg_all
+            traits[name] = trait_vector(pos, neg, "mean_diff", name=name,
+                                        metadata={"judge_filtered": str(filtered).lower(), "judge": judge.name})
+            trait_info[name] = {"n_pos": len(pos), "n_neg": len(neg), "n_pos_all": len(pos_all),
+                                "n_neg_all": len(neg_all), "judge_filtered": filtered,
+                                "cos_axis_at_best_layer": float(traits[name].cosine(axis)[best])}
+
+    cap = calibrate_cap(axis, acts["default"], _band(best, config.cap_band, be.info.n_layers),
+                        percentile=config.cap_percentile, kind="floor",
+                        reference_name=f"{len(acts['default'])} default-assistant replies ({preset.name} preset)")
+
+    # 5. files
+    vdir = out / "vectors"
+    (vdir / "traits").mkdir(parents=True, exist_ok=True)
+    axis.save(vdir / "assistant_axis.safetensors")
+    roles.save(vdir / "roles.safetensors")
+    default_vec.save(vdir / "default.safetensors")
+    for name, vec in traits.items():
+        vec.save(vdir / "traits" / f"{name}.safetensors")
+    cap.save(vdir / "capping.safetensors")
+
+    j_best = space.layers_.index(best)
+    loadings = space.loadings_[:, j_best, 0]
+    role_pc1 = {n: float(loadings[i]) for i, n in enumerate(space.role_names_)}
+    fam_pc1: dict[str, list[float]] = {}
+    for n, v in role_pc1.items():
+        fam_pc1.setdefault(families.get(n, "?"), []).append(v)
+    summary = {
+        "model": be.info.name,
+        "preset": asdict(preset),
+        "judge": judge.name,
+        "n_rollouts": {k: len(v) for k, v in groups.items()},
+        "rollouts_generated_this_run": report.generated,
+        "role_acceptance": {n: {"accepted": a, "total": b} for n, (a, b) in acceptance.items()},
+        "role_acceptance_rate": sum(a for a, _ in acceptance.values()) / max(1, sum(b for _, b in acceptance.values())),
+        "roles_kept": roles.names,
+        "roles_skipped": skipped_roles,
+        "pc1_cosine_by_layer": [float(x) for x in space.pc1_cosine_],
+        "pc1_explained_variance_by_layer": [float(x) for x in space.explained_variance_ratio_[:, 0]],
+        "best_layer": best,
+        "layer_sweep": sweep.to_records(),
+        "default_pc1_at_best_layer": float(space.default_loadings_[j_best, 0]),
+        "role_pc1_at_best_layer": role_pc1,
+        "family_mean_pc1_at_best_layer": {f: sum(v) / len(v) for f, v in fam_pc1.items()},
+        "traits": trait_info,
+        "capping": {"layers": cap.layers, "percentile": cap.percentile, "kind": cap.kind,
+                    "thresholds": {str(L): cap.thresholds[L] for L in cap.layers}},
+        "timings_s": {**timings, "total_s": time.time() - t0},
+    }
+    with atomic_write(out / "summary.json", "w") as f:
+        json.dump(summary, f, indent=1)
+    return PipelineResult(out_dir=out, space=space, axis=axis, roles=roles, traits=traits, summary=summary)
+
+
+__all__ = ["PipelineConfig", "PipelineResult", "run_pipeline"]
