@@ -1,8 +1,11 @@
 """Interventions at inference: steering, ablation and activation capping, as context managers.
 
 Each intervention registers PyTorch forward hooks on the decoder blocks of the loaded HF model and removes them
-on exit, even when the body raises. Because the HF, TransformerLens (``TransformerBridge``) and nnsight backends
-all drive the *same* HF modules, the same hooks act identically whichever framework runs the forward pass.
+on exit, even when the body raises. The HF, TransformerLens (``TransformerBridge``) and nnsight backends all
+drive the same HF modules (TL through a shadow that shares their parameters and hook dicts), so the hooks act in
+every forward pass whichever framework runs it. One caveat: nnsight reads a block's ``.output`` *before* that
+block's own torch forward hooks run, so an nnsight capture at a steered layer L shows the unsteered output at L
+(the edit is visible from L + 1 on); the nnsight backend warns when that happens.
 
 Positions (``positions=``), in the padded coordinates of the batch:
 
