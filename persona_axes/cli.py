@@ -64,6 +64,11 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     for L, (c, ev) in enumerate(zip(s["pc1_cosine_by_layer"], s["pc1_explained_variance_by_layer"])):
         print(f"  layer {L:>2}: cos {c:+.3f}   PC1 var {ev:.3f}")
     print(f"\nwrote {res.out_dir}/vectors/ and {res.out_dir}/summary.json")
+    if args.publish:
+        from .pipeline import publish
+
+        cmd = f"persona-axes pipeline --preset {args.preset} --judge {args.judge} --out {args.out} --publish {args.publish}"
+        print(f"published to {publish(res.out_dir, args.publish, cmd)}")
     return 0
 
 
@@ -100,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--judge", default="embedding", help="embedding | none | http://host:port/v1@model")
     pipe.add_argument("--out", required=True, help="output folder (resumable)")
     pipe.add_argument("--seed", type=int, default=0)
+    pipe.add_argument("--publish", default=None, help="also copy the vectors and a README with the numbers here")
     pipe.add_argument("--quiet", action="store_true", help="no progress bars")
     pipe.set_defaults(func=_cmd_pipeline)
     return p
