@@ -225,13 +225,13 @@ class PersonaSpace:
 
     # -- using the fit ------------------------------------------------------------------------------------------
 
-    def _check_fitted(self, need_axis: bool = False) -> None:
+    def check_fitted(self, need_axis: bool = False) -> None:
         if not hasattr(self, "components_"):
             raise InvalidInputError("this PersonaSpace is not fitted yet; call fit(roles, default) first")
         if need_axis and self.assistant_axis_ is None:
             raise InvalidInputError("no Assistant Axis: fit(roles, default=...) with the default Assistant's vector")
 
-    def _pos(self, layer: int) -> int:
+    def layer_position(self, layer: int) -> int:
         if isinstance(layer, bool) or not isinstance(layer, int):
             raise InvalidInputError(f"layer must be an integer, got {layer!r}")
         T = self._n_model_layers()
@@ -264,15 +264,15 @@ class PersonaSpace:
     def transform(self, x: torch.Tensor | Activations, layer: int) -> torch.Tensor:
         """``[..., k]`` coordinates of ``x [..., d]`` (or Activations, taken at ``layer``) in the PCA basis at model
         layer ``layer``: ``(x - mean_) @ components_.T``."""
-        self._check_fitted()
-        j = self._pos(layer)
+        self.check_fitted()
+        j = self.layer_position(layer)
         x = self._rows(x, layer)
         return ((x - self.mean_[j].double()) @ self.components_[j].double().T).to(torch.float32)
 
     def direction(self, layer: int, onto: str | int = "axis") -> torch.Tensor:
         """``[d]`` the unit direction ``onto`` (``"axis"``, ``"pc1"`` or a 0-based component index) at ``layer``."""
-        self._check_fitted(need_axis=onto == "axis")
-        j = self._pos(layer)
+        self.check_fitted(need_axis=onto == "axis")
+        j = self.layer_position(layer)
         if onto == "axis":
             a = self.assistant_axis_[j].double()
             if not a.norm() > 0:
@@ -296,7 +296,7 @@ class PersonaSpace:
         """The Assistant Axis at every model layer (``mean(default) - mean(roles)``), method ``"assistant_axis"``.
 
         It covers all layers of the model, including ones outside ``layers_``."""
-        self._check_fitted(need_axis=True)
+        self.check_fitted(need_axis=True)
         if self.model_ is None:
             raise InvalidInputError("the fit had no model identity; pass fit(..., model=ModelInfo(...))")
         return PersonaVector(
@@ -314,7 +314,7 @@ class PersonaSpace:
         """
         from scipy.stats import rankdata
 
-        self._check_fitted(need_axis=True)
+        self.check_fitted(need_axis=True)
         for acts, what in ((default_acts, "default"), (role_acts, "role")):
             if not isinstance(acts, Activations):
                 raise InvalidInputError(f"the {what} activations must be Activations, got {type(acts).__name__}")
@@ -347,7 +347,7 @@ class PersonaSpace:
             pooled = ((n1 - 1) * float(p1.var()) + (n0 - 1) * float(p0.var())) / (n1 + n0 - 2)
             sd = pooled**0.5
             stats["d"][i] = diff / sd if sd > 0 else (0.0 if diff == 0 else float("inf") * (1 if diff > 0 else -1))
-            stats["pc1"][i] = float(self.pc1_cosine_[self._pos(L)])
+            stats["pc1"][i] = float(self.pc1_cosine_[self.layer_position(L)])
             stats["m1"][i], stats["m0"][i] = float(p1.mean()), float(p0.mean())
         top = float(stats["auroc"].max())
         cands = [i for i in range(len(layers)) if stats["auroc"][i] >= top - tol]

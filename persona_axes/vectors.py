@@ -98,7 +98,7 @@ def _layer(layer: int, n_layers: int) -> int:
     return layer % n_layers
 
 
-def _cosine64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def cosine64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine along the last axis in float64; 0 where either side has zero norm."""
     a = a.to(torch.float64)
     b = b.to(torch.float64)
@@ -188,7 +188,7 @@ class PersonaVector:
                 )
         else:
             raise InvalidInputError(f"other must be a PersonaVector or a tensor, got {type(other).__name__}")
-        return _cosine64(self.vector, o).to(torch.float32)
+        return cosine64(self.vector, o).to(torch.float32)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a safetensors file (atomically): one float32 tensor ``vector [num_layers, hidden_size]`` and string
@@ -723,12 +723,12 @@ def purify(vector: PersonaVector, others: Sequence[PersonaVector] | VectorSet,
     p32 = pv.vector
     return PurifyResult(
         vector=pv,
-        cos_before={nm: _cosine64(v, O[:, i]).to(torch.float32) for i, nm in enumerate(names)},
-        cos_after={nm: _cosine64(p32, O[:, i]).to(torch.float32) for i, nm in enumerate(names)},
+        cos_before={nm: cosine64(v, O[:, i]).to(torch.float32) for i, nm in enumerate(names)},
+        cos_after={nm: cosine64(p32, O[:, i]).to(torch.float32) for i, nm in enumerate(names)},
         mode=mode,
-        self_cosine=_cosine64(p32, v).to(torch.float32),
+        self_cosine=cosine64(p32, v).to(torch.float32),
         partners={nm: partners[:, i].to(torch.float32) for i, nm in enumerate(names)},
-        cos_partners={nm: _cosine64(p32, partners[:, i]).to(torch.float32) for i, nm in enumerate(names)},
+        cos_partners={nm: cosine64(p32, partners[:, i]).to(torch.float32) for i, nm in enumerate(names)},
     )
 
 
