@@ -114,6 +114,15 @@ def run_pipeline(model: Any, out_dir: str | Path, config: PipelineConfig | None 
     report = run_rollouts(be, requests, store, preset.sampling(config.seed), batch_size=preset.batch_size,
                           progress=progress)
     timings["rollouts_s"] = time.time() - t0
+    # A resumed run keeps the timings of the stages it did not redo, so reports quote what the work cost.
+    previous: dict[str, float] = {}
+    if (out / "summary.json").is_file():
+        try:
+            previous = json.loads((out / "summary.json").read_text()).get("timings_s", {})
+        except (json.JSONDecodeError, OSError):
+            previous = {}
+    if report.generated == 0 and "rollouts_s" in previous:
+        timings["rollouts_s"] = previous["rollouts_s"]
     wanted = {r.id for r in requests}
     records = [r for r in store.records() if r.id in wanted]
 
@@ -121,21 +130,25 @@ def run_pipeline(model: Any, out_dir: str | Path, config: PipelineConfig | None 
     t = time.time()
     judge = judge_from_spec(config.judge)
     roles_data, traits_data = load_roles(), load_traits()
-    judge_rollouts(store, judge, roles=roles_data, traits=traits_data, progress=progress)
+    n_judged = judge_rollouts(store, judge, roles=roles_data, traits=traits_data, progress=progress)
     store = RolloutStore(out / "rollouts.jsonl")
     records = [r for r in store.records() if r.id in wanted]
-    timings["judge_s"] = time.time() - t
+    timings["judge_s"] = previous["judge_s"] if n_judged == 0 and "judge_s" in previous else time.time() - t
 
     # 3. capture, per group
     t = time.time()
     groups = {k: [r for r in records if r.kind == k] for k in ("role", "default", "trait")}
+    cached = all((out / "activations" / f"{k}.safetensors").exists() for k, recs in groups.items() if recs)
     acts = {k: _capture_group(be, recs, out / "activations" / f"{k}.safetensors", judge.name,
                               config.capture_batch_size, progress) for k, recs in groups.items() if recs}
     timings["capture_s"] = time.time() - t
+    if cached and "capture_s" in previous and timings["capture_s"] < 0.5 * previous["capture_s"]:
+        timings["capture_s"] = previous["capture_s"]
     if "role" not in acts or "default" not in acts:
         raise InvalidInputError("the preset produced no role or no default rollouts; both are needed for the axis")
 
     # 4. vectors
+    t_vectors = time.time()
     role_acts = acts["role"]
     accepted = role_acts.select(lambda it: it["score"] is None or accepts_role(int(it["score"])))
     acceptance = {}
@@ -144,10 +157,10 @@ def run_pipeline(model: Any, out_dir: str | Path, config: PipelineConfig | None 
         n_ok = sum(it["name"] == name for it in accepted.items)
         acceptance[name] = (n_ok, n_all)
     families = {n: roles_data[n].family for n in acceptance if n in roles_data}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the skipped roles are reported in the summary instead
         roles = role_vectors(accepted, key="name", min_count=config.min_role_samples, families=families)
-    skipped_roles = [str(w.message) for w in caught]
+    skipped_roles = {n: a for n, (a, _) in acceptance.items() if n not in roles.names}
     default_vec = mean_vector(acts["default"], name="default_assistant")
     space = PersonaSpace(n_components=config.n_components).fit(roles, default=default_vec)
     axis = space.assistant_axis()
@@ -202,6 +215,7 @@ def run_pipeline(model: Any, out_dir: str | Path, config: PipelineConfig | None 
         "role_acceptance_rate": sum(a for a, _ in acceptance.values()) / max(1, sum(b for _, b in acceptance.values())),
         "roles_kept": roles.names,
         "roles_skipped": skipped_roles,
+        "min_role_samples": config.min_role_samples,
         "pc1_cosine_by_layer": [float(x) for x in space.pc1_cosine_],
         "pc1_explained_variance_by_layer": [float(x) for x in space.explained_variance_ratio_[:, 0]],
         "best_layer": best,
@@ -212,7 +226,8 @@ def run_pipeline(model: Any, out_dir: str | Path, config: PipelineConfig | None 
         "traits": trait_info,
         "capping": {"layers": cap.layers, "percentile": cap.percentile, "kind": cap.kind,
                     "thresholds": {str(L): cap.thresholds[L] for L in cap.layers}},
-        "timings_s": {**timings, "total_s": time.time() - t0},
+        "timings_s": {**timings, "vectors_s": time.time() - t_vectors,
+                      "total_s": sum(timings.values()) + time.time() - t_vectors},
     }
     with atomic_write(out / "summary.json", "w") as f:
         json.dump(summary, f, indent=1)
@@ -259,10 +274,13 @@ def _readme(s: dict[str, Any], command: str) -> str:
         "",
         f"- Command: `{command or 'persona-axes pipeline --preset ' + p['name'] + ' --out runs/smollm2-quick'}`",
         f"- Preset `{p['name']}`: {p['description']}",
-        f"- Rollouts: {s['n_rollouts']} (greedy={p['temperature'] == 0}, {p['max_new_tokens']} new tokens)",
+        f"- Rollouts: " + ", ".join(f"{n} {k}" for k, n in s["n_rollouts"].items())
+        + f" ({'greedy' if p['temperature'] == 0 else 'temperature ' + str(p['temperature'])}, "
+        f"{p['max_new_tokens']} new tokens)",
         f"- Judge: `{s['judge']}`; a role reply is kept when scored >= 2 of 3 (at least partly in character).",
         f"- Role acceptance: {s['role_acceptance_rate']:.1%} overall; {len(s['roles_kept'])} roles kept "
-        f"(minimum samples per role: see summary.json); skipped: {len(s['roles_skipped'])}.",
+        f"with at least {s.get('min_role_samples', '?')} accepted replies; skipped (accepted count): "
+        + (", ".join(f"{n} ({a})" for n, a in s["roles_skipped"].items()) or "none") + ".",
         f"- Time: {s['timings_s']['total_s'] / 60:.1f} min in all "
         f"(rollouts {s['timings_s']['rollouts_s'] / 60:.1f}, judge {s['timings_s']['judge_s'] / 60:.1f}, "
         f"capture {s['timings_s']['capture_s'] / 60:.1f}).",

@@ -1,0 +1,494 @@
+"""Rollouts: request ids, the JSONL store (round trip, truncated tail, foreign runs), resumable generation
+(including a run killed with SIGKILL), per-request seeds, cached judging, presets."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from persona_axes import rollouts as R
+from persona_axes.datasets import load_default_prompts, load_questions, load_roles, load_traits
+from persona_axes.errors import FileFormatError, InvalidInputError
+from persona_axes.generation import SamplingConfig
+from persona_axes.judge import RoleScore, TraitScore
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+GREEDY = SamplingConfig(max_new_tokens=6)
+
+
+def small_requests(n_roles: int = 3, n_questions: int = 2) -> list[R.RolloutRequest]:
+    roles = dict(list(load_roles().items())[:n_roles])
+    qs = load_questions()[:n_questions]
+    traits = load_traits(["evil"])
+    return (
+        R.role_requests(roles, qs, prompts_per_role=2)
+        + R.default_requests(load_default_prompts()[:2], qs)
+        + R.trait_requests(traits, pairs=1, questions=2)
+    )
+
+
+class CountingGenerate:
+    """Wraps rollouts._generate_batch and records which request ids it was asked to generate."""
+
+    def __init__(self, monkeypatch):
+        self.asked: list[str] = []
+        self._orig = R._generate_batch
+        monkeypatch.setattr(R, "_generate_batch", self)
+
+    def __call__(self, be, requests, rendered, sampling, seeds):
+        self.asked += [r.id for r in requests]
+        return self._orig(be, requests, rendered, sampling, seeds)
+
+
+class FakeJudge:
+    name = "fake/v1"
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def score_roles(self, items):
+        self.seen += [f"role:{i.role}" for i in items]
+        assert all(i.role_description for i in items)
+        return [RoleScore(len(i.response) % 4, f"rated {i.role}", float(len(i.response))) for i in items]
+
+    def score_traits(self, items):
+        self.seen += [f"trait:{i.trait}" for i in items]
+        return [TraitScore(float("nan") if k == 0 else 10.0 * k, "ok") for k, i in enumerate(items)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Requests
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_request_ids_are_stable_unique_and_readable():
+    roles, qs, traits = load_roles(), load_questions(), load_traits()
+    build = lambda: (R.role_requests(roles, qs, 5) + R.default_requests(load_default_prompts(), qs, samples=2)
+                     + R.trait_requests(traits, "extraction") + R.trait_requests(traits, "evaluation"))
+    a, b = build(), build()
+    assert [r.id for r in a] == [r.id for r in b]
+    assert len({r.id for r in a}) == len(a) == 70 * 5 * 96 + 8 * 96 * 2 + 2 * 12 * 5 * 2 * 20
+    by_id = {r.id: r for r in a}
+    r = by_id["role/pirate/p2/q017/s0"]
+    assert (r.kind, r.name, r.prompt_index, r.question_id, r.sample, r.polarity, r.split) == \
+        ("role", "pirate", 2, "q017", 0, None, None)
+    assert r.system == roles["pirate"].prompts[2] and r.question == next(q.text for q in qs if q.id == "q017")
+    d = by_id["default/p0/q017/s1"]
+    assert d.system == "" and d.messages() == [{"role": "user", "content": d.question}]
+    t = by_id["trait/evil/pos/p3/q05/s0"]
+    assert t.system == traits["evil"].pairs[3][0] and t.question == traits["evil"].extraction_questions[5]
+    e = by_id["trait/evil/eval/neg/p3/q05/s0"]
+    assert e.split == "evaluation" and e.system == traits["evil"].pairs[3][1]
+    assert e.question == traits["evil"].evaluation_questions[5]
+    # the id follows from the content alone, and a wrong one is refused
+    assert R.RolloutRequest(**{k: getattr(t, k) for k in ("kind", "name", "prompt_index", "question_id", "sample",
+                                                           "system", "question", "polarity", "split")}).id == t.id
+    with pytest.raises(InvalidInputError, match="does not match"):
+        R.RolloutRequest("role", "pirate", 2, "q017", 0, "x", "y", id="role/pirate/p1/q017/s0")
+
+
+def test_request_validation_and_builders_errors():
+    with pytest.raises(InvalidInputError):
+        R.RolloutRequest("persona", "x", 0, "q1", 0, "", "q?")
+    with pytest.raises(InvalidInputError, match="polarity"):
+        R.RolloutRequest("trait", "evil", 0, "q1", 0, "be evil", "q?", split="extraction")
+    with pytest.raises(InvalidInputError):
+        R.RolloutRequest("role", "pirate", 0, "q1", 0, "", "q?", polarity="pos")
+    with pytest.raises(InvalidInputError, match="split"):
+        R.trait_requests(load_traits(["evil"]), split="test")
+    with pytest.raises(InvalidInputError, match="prompts_per_role"):
+        R.role_requests(load_roles(), load_questions(), prompts_per_role=6)
+    with pytest.raises(InvalidInputError):
+        R.role_requests(load_roles(), [], prompts_per_role=1)
+
+
+def test_select_questions_spreads_over_categories():
+    qs = load_questions()
+    six = R.select_questions(qs, 6)
+    assert len({q.category for q in six}) == 6
+    assert R.select_questions(qs, 6) == six and len(R.select_questions(qs, 14)) == 14
+    assert R.select_questions(qs, None) == qs
+
+
+def test_derive_seed_depends_on_seed_and_id():
+    assert R.derive_seed(0, "a") == R.derive_seed(0, "a")
+    assert len({R.derive_seed(0, "a"), R.derive_seed(1, "a"), R.derive_seed(0, "b")}) == 3
+    assert 0 <= R.derive_seed(123, "role/pirate/p0/q001/s0") < 2**63
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Store
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def make_record(req: R.RolloutRequest, response: str = "Arr.", sampling=GREEDY, model="tiny-llama") -> R.Rollout:
+    return R.Rollout(**{k: getattr(req, k) for k in R._REQUEST_FIELDS}, response=response, model=model,
+                     sampling=sampling.to_dict(), item_seed=R.derive_seed(sampling.seed, req.id),
+                     created="2026-01-01T00:00:00+00:00")
+
+
+def test_store_round_trip(tmp_path):
+    reqs = small_requests()
+    path = tmp_path / "sub" / "r.jsonl"
+    store = R.RolloutStore(path)
+    assert len(store) == 0 and store.completed_ids() == set()
+    recs = [make_record(r, f"reply {i} \u00e9\u263a\n\"quoted\"") for i, r in enumerate(reqs)]
+    store.append(recs[:5])
+    store.append(recs[5:])
+    again = R.RolloutStore(path)
+    assert again.records() == recs
+    assert again.completed_ids() == {r.id for r in reqs}
+    assert again.get(reqs[3].id) == recs[3] and again.get("nope") is None
+    assert len(path.read_text().splitlines()) == len(reqs)
+    assert all(json.loads(line)["id"] for line in path.read_text().splitlines())
+    rec = again.get("role/" + reqs[0].name + "/p0/" + reqs[0].question_id + "/s0")
+    assert rec.messages() == [{"role": "system", "content": rec.system}, {"role": "user", "content": rec.question},
+                              {"role": "assistant", "content": rec.response}]
+    d = next(r for r in again.records() if r.kind == "default" and r.system == "")
+    assert [m["role"] for m in d.messages()] == ["user", "assistant"]
+    assert again.records("trait") == [r for r in recs if r.kind == "trait"]
+
+
+def test_truncated_last_line_is_dropped_then_repaired(tmp_path):
+    reqs = small_requests()
+    path = tmp_path / "r.jsonl"
+    R.RolloutStore(path).append([make_record(r) for r in reqs[:4]])
+    full = path.read_bytes()
+    R.RolloutStore(path).append([make_record(reqs[4])])
+    path.write_bytes(path.read_bytes()[: len(full) + 37])  # a kill in the middle of writing line 5
+    with pytest.warns(UserWarning, match="truncated last line"):
+        store = R.RolloutStore(path)
+    assert store.completed_ids() == {r.id for r in reqs[:4]}
+    store.append([make_record(r) for r in reqs[4:7]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = R.RolloutStore(path)
+    assert [r.id for r in again.records()] == [r.id for r in reqs[:7]]
+    # a complete last line without its newline is kept, and the next append starts a new line
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    store = R.RolloutStore(path)
+    assert len(store) == 7
+    store.append([make_record(reqs[7])])
+    assert len(R.RolloutStore(path)) == 8
+
+
+def test_corrupt_middle_line_is_an_error(tmp_path):
+    reqs = small_requests()
+    path = tmp_path / "r.jsonl"
+    R.RolloutStore(path).append([make_record(r) for r in reqs[:3]])
+    lines = path.read_text().splitlines()
+    lines[1] = lines[1][:20]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(FileFormatError, match="line 2"):
+        R.RolloutStore(path)
+    path.write_text('{"hello": 1}\n' + "\n".join(lines[2:]) + "\n")
+    with pytest.raises(FileFormatError):
+        R.RolloutStore(path)
+
+
+def test_nan_scores_are_stored_as_null_and_read_back_as_nan(tmp_path):
+    req = small_requests()[-1]
+    path = tmp_path / "r.jsonl"
+    store = R.RolloutStore(path)
+    store.append([make_record(req)])
+    store.update_judge("none", {req.id: {"score": float("nan"), "rationale": "not judged"}})
+    assert "NaN" not in path.read_text() and json.loads(path.read_text())["judge"]["none"]["score"] is None
+    assert math.isnan(R.RolloutStore(path).get(req.id).score("none"))
+    assert R.RolloutStore(path).get(req.id).score("other") is None
+    with pytest.raises(InvalidInputError):
+        store.update_judge("none", {"missing/id": {"score": 1}})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generation and resuming
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_run_rollouts_records_everything(tiny, tmp_path):
+    reqs = small_requests()
+    rep = R.run_rollouts(tiny, reqs, tmp_path / "r.jsonl", GREEDY, batch_size=4, progress=False)
+    assert (rep.generated, rep.skipped) == (len(reqs), 0) and rep.seconds > 0 and rep.new_tokens > 0
+    store = R.RolloutStore(tmp_path / "r.jsonl")
+    assert store.completed_ids() == {r.id for r in reqs}
+    rec = store.get(reqs[0].id)
+    assert rec.model == "tiny-llama" and rec.sampling == GREEDY.to_dict() and rec.judge == {}
+    assert rec.item_seed == R.derive_seed(GREEDY.seed, rec.id) and rec.created.endswith("+00:00")
+    assert rec.request == reqs[0]
+    json.dumps(rec.to_dict())
+    # a second run generates nothing
+    rep = R.run_rollouts(tiny, reqs, store, GREEDY, batch_size=4, progress=False)
+    assert (rep.generated, rep.skipped) == (0, len(reqs))
+
+
+def test_resume_generates_only_missing_ids(tiny, tmp_path, monkeypatch):
+    reqs = small_requests()
+    ref = R.run_rollouts(tiny, reqs, tmp_path / "ref.jsonl", GREEDY, batch_size=5, progress=False)
+    assert ref.generated == len(reqs)
+    first = reqs[::2]  # an interrupted run that finished every other request
+    R.run_rollouts(tiny, first, tmp_path / "r.jsonl", GREEDY, batch_size=3, progress=False)
+    counter = CountingGenerate(monkeypatch)
+    rep = R.run_rollouts(tiny, reqs, tmp_path / "r.jsonl", GREEDY, batch_size=4, progress=False)
+    assert sorted(counter.asked) == sorted(r.id for r in reqs[1::2])
+    assert (rep.generated, rep.skipped) == (len(reqs) - len(first), len(first))
+    got = {r.id: r.response for r in R.RolloutStore(tmp_path / "r.jsonl")}
+    want = {r.id: r.response for r in R.RolloutStore(tmp_path / "ref.jsonl")}
+    assert got == want  # greedy: same replies whatever the batches were
+
+
+KILL_SCRIPT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from conftest import CHATML, _make_tokenizer
+from helpers import make_tiny_llama
+from persona_axes import rollouts as R
+from persona_axes.generation import SamplingConfig
+from persona_axes.models import LoadedModel, find_layers
+
+tok = _make_tokenizer(CHATML)
+m = make_tiny_llama(len(tok))
+loaded = LoadedModel(model=m, tokenizer=tok, name="tiny-llama", layers=find_layers(m))
+orig = R._generate_batch
+def slow(*args):
+    out = orig(*args)
+    time.sleep(0.4)
+    return out
+R._generate_batch = slow
+from test_rollouts import small_requests
+reqs = small_requests(2, 2)
+print("start", flush=True)
+R.run_rollouts(loaded, reqs, {path!r}, SamplingConfig(max_new_tokens={mnt}, temperature={temp}, seed=7),
+               batch_size=2, progress=False)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_sigkill_then_resume(tiny, tmp_path, monkeypatch, temperature):
+    """Kill a real run_rollouts process with SIGKILL mid-way, resume it here, and check that nothing written was
+    generated again and that the result equals an uninterrupted run (greedy, and sampling with per-item seeds)."""
+    reqs = small_requests(n_roles=2, n_questions=2)  # 8 role, 4 default, 4 trait requests
+    sampling = SamplingConfig(max_new_tokens=6, temperature=temperature, seed=7)
+    path = tmp_path / "killed.jsonl"
+    code = KILL_SCRIPT.format(tests=str(TESTS), path=str(path), mnt=6, temp=temperature)
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(code))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if path.exists() and path.read_bytes().count(b"\n") >= 4:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a kill during a write may leave a truncated line (dropped, warned)
+        written = R.RolloutStore(path).completed_ids()
+    assert 4 <= len(written) < len(reqs)
+
+    counter = CountingGenerate(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rep = R.run_rollouts(tiny, reqs, path, sampling, batch_size=3, progress=False)
+    assert not set(counter.asked) & written, "a completed rollout was generated again"
+    assert sorted(counter.asked) == sorted({r.id for r in reqs} - written)
+    assert rep.skipped == len(written) and rep.generated == len(reqs) - len(written)
+
+    R.run_rollouts(tiny, reqs, tmp_path / "ref.jsonl", sampling, batch_size=16, progress=False)
+    got = {r.id: (r.response, r.item_seed) for r in R.RolloutStore(path)}
+    want = {r.id: (r.response, r.item_seed) for r in R.RolloutStore(tmp_path / "ref.jsonl")}
+    assert got == want
+
+
+def test_sampling_is_per_request_whatever_the_batches(tiny, tmp_path):
+    reqs = small_requests(n_roles=2)
+    s = SamplingConfig(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3)
+    R.run_rollouts(tiny, reqs, tmp_path / "a.jsonl", s, batch_size=16, progress=False)
+    R.run_rollouts(tiny, reqs[::-1], tmp_path / "b.jsonl", s, batch_size=3, progress=False)
+    R.run_rollouts(tiny, reqs, tmp_path / "c.jsonl", SamplingConfig(max_new_tokens=8, temperature=1.0, top_p=0.9,
+                                                                      seed=4), batch_size=16, progress=False)
+    a = {r.id: r.response for r in R.RolloutStore(tmp_path / "a.jsonl")}
+    b = {r.id: r.response for r in R.RolloutStore(tmp_path / "b.jsonl")}
+    c = {r.id: r.response for r in R.RolloutStore(tmp_path / "c.jsonl")}
+    assert a == b
+    assert sum(a[k] != c[k] for k in a) > len(a) // 2  # another seed, other samples
+    assert len(set(a.values())) > len(a) // 2  # rows in one batch do not share their draws
+
+
+def test_foreign_run_is_refused(tiny, tmp_path):
+    reqs = small_requests()[:4]
+    path = tmp_path / "r.jsonl"
+    R.run_rollouts(tiny, reqs, path, GREEDY, batch_size=4, progress=False)
+    with pytest.raises(InvalidInputError, match="another run.*another store path"):
+        R.run_rollouts(tiny, reqs, path, SamplingConfig(max_new_tokens=7), progress=False)
+    with pytest.raises(InvalidInputError, match="another run"):
+        R.run_rollouts(tiny, reqs, path, SamplingConfig(max_new_tokens=6, seed=1), progress=False)
+    other = type(tiny)(model=tiny.model, tokenizer=tiny.tokenizer, name="other-model", layers=tiny.layers)
+    with pytest.raises(InvalidInputError, match="model 'tiny-llama' there"):
+        R.run_rollouts(other, reqs, path, GREEDY, progress=False)
+    edited = R.RolloutRequest(reqs[0].kind, reqs[0].name, reqs[0].prompt_index, reqs[0].question_id, 0,
+                              "You are someone else.", reqs[0].question)
+    with pytest.raises(InvalidInputError, match="system prompt or question"):
+        R.run_rollouts(tiny, [edited], path, GREEDY, progress=False)
+    with pytest.raises(InvalidInputError, match="another run"):
+        R.RolloutStore(path).append([make_record(reqs[0], sampling=SamplingConfig(max_new_tokens=9))])
+    # new ids with other settings may share the file; the old records are untouched
+    assert len(R.RolloutStore(path)) == 4
+
+
+def test_second_writer_is_refused_and_changes_are_reread(tiny, tmp_path):
+    from filelock import FileLock
+
+    reqs = small_requests()[:4]
+    path = tmp_path / "r.jsonl"
+    store = R.RolloutStore(path)
+    with FileLock(str(path) + ".lock"):  # another process writing this store
+        with pytest.raises(InvalidInputError, match="another process"):
+            R.run_rollouts(tiny, reqs, store, GREEDY, progress=False)
+        with pytest.raises(InvalidInputError, match="another process"):
+            R.judge_rollouts(store, FakeJudge(), progress=False)
+    R.run_rollouts(tiny, reqs[:2], path, GREEDY, progress=False)  # written behind the back of `store`
+    counter = pytest.MonkeyPatch.context()
+    with counter as mp:
+        c = CountingGenerate(mp)
+        assert R.run_rollouts(tiny, reqs, store, GREEDY, progress=False).skipped == 2
+    assert sorted(c.asked) == sorted(r.id for r in reqs[2:])
+
+
+def test_bad_inputs(tiny, tmp_path):
+    with pytest.raises(InvalidInputError, match="no rollout requests"):
+        R.run_rollouts(tiny, [], tmp_path / "r.jsonl", progress=False)
+    reqs = small_requests()[:2]
+    with pytest.raises(InvalidInputError, match="twice"):
+        R.run_rollouts(tiny, reqs + reqs[:1], tmp_path / "r.jsonl", progress=False)
+    with pytest.raises(InvalidInputError):
+        R.run_rollouts(tiny, reqs, tmp_path / "r.jsonl", batch_size=0, progress=False)
+    with pytest.raises(InvalidInputError, match="folder"):
+        R.RolloutStore(tmp_path)
+    with pytest.raises(InvalidInputError, match="unknown rollout preset 'huge'.*quick, paper"):
+        R.get_preset("huge")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Judging
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_judge_rollouts_caches_scores(tiny, tmp_path):
+    reqs = small_requests()
+    path = tmp_path / "r.jsonl"
+    R.run_rollouts(tiny, reqs, path, GREEDY, batch_size=8, progress=False)
+    judge = FakeJudge()
+    n_judged = sum(r.kind != "default" for r in reqs)
+    assert R.judge_rollouts(path, judge, batch_size=5, progress=False) == n_judged
+    assert len(judge.seen) == n_judged
+    store = R.RolloutStore(path)
+    for rec in store:
+        if rec.kind == "default":
+            assert rec.judge == {}
+        elif rec.kind == "role":
+            entry = rec.judge["fake/v1"]
+            assert entry["score"] == len(rec.response) % 4 and entry["rationale"] == f"rated {rec.name}"
+            assert entry["raw"] == float(len(rec.response))
+        else:
+            assert isinstance(rec.score("fake/v1"), float)
+    assert any(math.isnan(r.score("fake/v1")) for r in store.records("trait"))
+    # cached: nothing is scored again, neither with this store object nor with a fresh one
+    assert R.judge_rollouts(store, judge, progress=False) == 0
+    assert R.judge_rollouts(path, judge, progress=False) == 0
+    assert len(judge.seen) == n_judged
+    # new rollouts: only they get scored; another judge name scores everything again
+    more = R.role_requests(dict(list(load_roles().items())[3:4]), load_questions()[:2], 1)
+    R.run_rollouts(tiny, more, path, GREEDY, progress=False)
+    assert R.judge_rollouts(path, judge, progress=False) == 2
+    assert judge.seen[-2:] == [f"role:{more[0].name}"] * 2
+
+    class Other(FakeJudge):
+        name = "other"
+    assert R.judge_rollouts(path, Other(), roles={r.name: "desc" for r in load_roles().values()},
+                            progress=False) == n_judged + 2
+    assert set(R.RolloutStore(path).get(more[0].id).judge) == {"fake/v1", "other"}
+
+
+def test_judge_failure_keeps_scores_made_so_far(tiny, tmp_path):
+    reqs = [r for r in small_requests() if r.kind == "role"]
+    path = tmp_path / "r.jsonl"
+    R.run_rollouts(tiny, reqs, path, GREEDY, batch_size=8, progress=False)
+
+    class Flaky(FakeJudge):
+        calls = 0
+
+        def score_roles(self, items):
+            Flaky.calls += 1
+            if Flaky.calls == 2:
+                raise RuntimeError("judge went away")
+            return super().score_roles(items)
+
+    with pytest.raises(RuntimeError):
+        R.judge_rollouts(path, Flaky(), batch_size=2, progress=False)
+    assert sum("fake/v1" in r.judge for r in R.RolloutStore(path)) == 2
+    judge = FakeJudge()
+    assert R.judge_rollouts(path, judge, batch_size=2, progress=False) == len(reqs) - 2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Presets
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_presets():
+    quick, paper = R.get_preset("quick"), R.get_preset("paper")
+    assert R.get_preset(quick) is quick
+    q = quick.build_requests()
+    assert len({r.id for r in q}) == len(q)
+    assert {r.name for r in q if r.kind == "role"} == set(load_roles())
+    assert {r.name for r in q if r.kind == "trait"} == set(load_traits())
+    assert {r.prompt_index for r in q if r.kind == "role"} == {0}
+    assert len(q) == 70 * 6 + 8 * 6 + 12 * 2 * 4
+    assert quick.sampling().max_new_tokens == quick.max_new_tokens
+    only_traits = quick.build_requests(include=["trait"])
+    assert only_traits == [r for r in q if r.kind == "trait"]
+    p = paper.build_requests()
+    assert len(p) == (70 * 5 * 96 + 8 * 96 + 12 * 5 * 2 * 20) * paper.samples
+    assert paper.temperature > 0 and paper.samples > 1 and paper.max_new_tokens >= 256
+    with pytest.raises(InvalidInputError):
+        quick.build_requests(include=["roles"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# SmolLM2
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_smollm_rollouts(smollm, tmp_path):
+    roles = load_roles()
+    qs = load_questions()[:1]
+    reqs = (R.role_requests({"pirate": roles["pirate"]}, qs, 2) + R.default_requests(load_default_prompts()[:1], qs)
+            + R.trait_requests(load_traits(["evil"]), pairs=1, questions=1))
+    s = SamplingConfig(max_new_tokens=24)
+    rep = R.run_rollouts(smollm, reqs, tmp_path / "r.jsonl", s, batch_size=8, progress=False)
+    assert rep.generated == len(reqs) == 5
+    store = R.RolloutStore(tmp_path / "r.jsonl")
+    for rec in store:
+        assert len(rec.response.split()) >= 3, rec
+        assert rec.model == smollm.name
+    assert R.run_rollouts(smollm, reqs, store, s, progress=False).generated == 0
