@@ -18,7 +18,7 @@ import time
 import torch
 
 import persona_axes as pa
-from persona_axes.capture import render_all
+from persona_axes.capture import pad_batch, render_all
 from persona_axes.interventions import ActivationCap, Steer, calibrate_cap
 
 QUESTIONS = ["What is your favourite season and why?", "Describe the sea to someone who has never seen it.",
@@ -29,12 +29,7 @@ QUESTIONS = ["What is your favourite season and why?", "Describe the sea to some
 
 def batch(loaded, convs):
     rendered = render_all(loaded.tokenizer, convs, add_generation_prompt=True)
-    width = max(len(r) for r in rendered)
-    ids = torch.zeros(len(rendered), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rendered):
-        ids[i, width - len(r):] = torch.tensor(r.input_ids)
-        mask[i, width - len(r):] = 1
+    ids, mask, _ = pad_batch([r.input_ids for r in rendered], 0, "left")
     return ids, mask
 
 

@@ -190,17 +190,25 @@ def iter_batches(
     order = sorted(range(len(rendered)), key=lambda i: -len(rendered[i]))
     for b0 in range(0, len(order), batch_size):
         batch = order[b0 : b0 + batch_size]
-        width = max(len(rendered[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        offsets = []
-        for r, ci in enumerate(batch):
-            seq = rendered[ci].input_ids
-            off = width - len(seq) if padding_side == "left" else 0
-            ids[r, off : off + len(seq)] = torch.tensor(seq, dtype=torch.long)
-            mask[r, off : off + len(seq)] = 1
-            offsets.append(off)
+        ids, mask, offsets = pad_batch([rendered[i].input_ids for i in batch], pad_id, padding_side)
         yield batch, ids, mask, offsets
+
+
+def pad_batch(
+    seqs: Sequence[Sequence[int]], pad_id: int, side: str = "left"
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Pad token sequences to one width: ``(input_ids [b, s], attention_mask [b, s], offset of each row's first
+    real token)``. Generation uses left padding, so every row's last prompt token sits at the same position."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    offsets = []
+    for r, seq in enumerate(seqs):
+        off = width - len(seq) if side == "left" else 0
+        ids[r, off : off + len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+        mask[r, off : off + len(seq)] = 1
+        offsets.append(off)
+    return ids, mask, offsets
 
 
 class _Reducer:
@@ -227,4 +235,4 @@ class _Reducer:
         return flat.index_select(0, self.index).float()
 
 
-__all__ = ["capture", "iter_batches", "render_all", "REDUCTIONS"]
+__all__ = ["capture", "iter_batches", "pad_batch", "render_all", "REDUCTIONS"]

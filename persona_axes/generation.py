@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .backends.base import as_backend
-from .capture import render_all
+from .capture import pad_batch, render_all
 from .errors import InvalidInputError
 
 
@@ -55,12 +55,8 @@ def generate_replies(
     eos = [t for t in {getattr(be.tokenizer, "eos_token_id", None)} if isinstance(t, int)]
     for b0 in range(0, len(rendered), batch_size):
         batch = rendered[b0 : b0 + batch_size]
-        width = max(len(r) for r in batch)
-        ids = torch.full((len(batch), width), be.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(batch):
-            ids[i, width - len(r) :] = torch.tensor(r.input_ids)
-            mask[i, width - len(r) :] = 1
+        ids, mask, _ = pad_batch([r.input_ids for r in batch], be.pad_token_id, "left")
+        width = ids.shape[1]
         kwargs: dict[str, Any] = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=be.pad_token_id)
         if eos:
             kwargs["eos_token_id"] = eos
