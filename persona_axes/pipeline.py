@@ -137,7 +137,10 @@ def run_pipeline(model: Any, out_dir: str | Path, config: PipelineConfig | None 
 
     # 3. capture, per group
     t = time.time()
-    groups = {k: [r for r in records if r.kind == k] for k in ("role", "default", "trait")}
+    empty = [r.id for r in records if not r.response.strip()]
+    if empty:  # an empty reply has no tokens to reduce over; it is reported, not captured
+        log.warning("%d rollouts have an empty reply and are left out: %s", len(empty), empty[:5])
+    groups = {k: [r for r in records if r.kind == k and r.response.strip()] for k in ("role", "default", "trait")}
     cached = all((out / "activations" / f"{k}.safetensors").exists() for k, recs in groups.items() if recs)
     acts = {k: _capture_group(be, recs, out / "activations" / f"{k}.safetensors", judge.name,
                               config.capture_batch_size, progress) for k, recs in groups.items() if recs}
@@ -210,6 +213,7 @@ def run_pipeline(model: Any, out_dir: str | Path, config: PipelineConfig | None 
         "preset": asdict(preset),
         "judge": judge.name,
         "n_rollouts": {k: len(v) for k, v in groups.items()},
+        "empty_replies_left_out": empty,
         "rollouts_generated_this_run": report.generated,
         "role_acceptance": {n: {"accepted": a, "total": b} for n, (a, b) in acceptance.items()},
         "role_acceptance_rate": sum(a for a, _ in acceptance.values()) / max(1, sum(b for _, b in acceptance.values())),

@@ -873,17 +873,17 @@ class RolloutPreset:
 
 
 PRESETS: dict[str, RolloutPreset] = {
-    # Sized by measurement of SmolLM2-135M on the shared 2-core development CPU (fp32, 2 torch threads): batches
-    # of 32 prompts (~55 tokens) with 48 new tokens ran at 1.2 replies/s when the machine was quiet and 0.5/s when
-    # other jobs loaded it (the whole preset at 48 tokens and 6 trait questions, 588 replies: 20 min under load).
-    # At 40 new tokens this preset's 564 requests - 70 roles x 1 prompt x 6 questions (one per category) = 420,
-    # 8 default prompts x 6 questions = 48, 12 traits x 1 pair x 2 sides x 4 extraction questions = 96 - take
-    # about 6-7 minutes on a quiet machine and about 15 under load.
+    # Sized by measurement of SmolLM2-135M (fp32) on the shared 2-core development CPU, batches of 32 prompts of
+    # ~55 tokens, 48 new tokens: 1.6 replies/s with one torch thread (also while other jobs loaded the machine),
+    # 0.4-1.2 replies/s with two threads (two threads suffer badly when the cores are shared). This preset's 588
+    # requests - 70 roles x 1 prompt x 6 questions (one per category) = 420, 8 default prompts x 6 questions = 48,
+    # 12 traits x 1 pair x 2 sides x 5 extraction questions = 120 - took 20 minutes with two threads under load
+    # and take about 6-7 minutes with torch.set_num_threads(1).
     "quick": RolloutPreset(
         name="quick", roles=None, prompts_per_role=1, questions=6, default_prompts=None, traits=None,
-        trait_pairs=1, trait_questions=4, samples=1, max_new_tokens=40, temperature=0.0, batch_size=32,
+        trait_pairs=1, trait_questions=5, samples=1, max_new_tokens=48, temperature=0.0, batch_size=32,
         description="every packaged role with its first prompt, 6 questions (one per category), every default "
-                    "prompt, every trait with 1 pair and 4 extraction questions; greedy, 40 new tokens; for a CPU",
+                    "prompt, every trait with 1 pair and 5 extraction questions; greedy, 48 new tokens; for a CPU",
     ),
     # The papers' scale: all 5 prompts per role, every question, several samples, full-length replies (GPU).
     "paper": RolloutPreset(

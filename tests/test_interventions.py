@@ -245,3 +245,18 @@ def test_relative_units(tiny):
     expected = acts.at(2).norm(dim=-1).mean() / v.norm()
     assert s.scale[2] == pytest.approx(float(expected), rel=1e-6)
     assert s.record()["unit"] == "rel"
+
+
+@pytest.mark.parametrize("kind", ["tlens", "nnsight"])
+def test_steering_acts_the_same_under_every_backend(tiny, kind):
+    """The hooks sit on the shared HF blocks, so a forward driven by TL or nnsight is steered identically
+    (compared at layers after the steered one: nnsight reads a block's output before that block's own hooks)."""
+    convs = conversations(3)
+    v = _vec()
+    with Steer(tiny, v, layers=[1], coef=torch.tensor(2.0)):
+        ref = pa.capture(tiny, convs, layers=[2, 3], progress=False)
+        got = pa.capture(tiny, convs, layers=[2, 3], backend=kind, progress=False)
+    plain = pa.capture(tiny, convs, layers=[2, 3], progress=False)
+    assert not torch.allclose(ref.values, plain.values, atol=1e-3)  # the steer really acted
+    rel = (got.values - ref.values).norm(dim=-1) / ref.values.norm(dim=-1)
+    assert rel.max() <= 1e-4

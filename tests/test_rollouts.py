@@ -462,7 +462,7 @@ def test_presets():
     assert {r.name for r in q if r.kind == "role"} == set(load_roles())
     assert {r.name for r in q if r.kind == "trait"} == set(load_traits())
     assert {r.prompt_index for r in q if r.kind == "role"} == {0}
-    assert len(q) == 70 * 6 + 8 * 6 + 12 * 2 * 4
+    assert len(q) == 70 * 6 + 8 * 6 + 12 * 2 * 5
     assert quick.sampling().max_new_tokens == quick.max_new_tokens
     only_traits = quick.build_requests(include=["trait"])
     assert only_traits == [r for r in q if r.kind == "trait"]
