@@ -20,39 +20,45 @@ import torch
 
 from .errors import PersonaAxesError
 
-DEMO_SYSTEM = "You are a helpful assistant."
-DEMO_QUESTION = "In two sentences, what makes a good friend?"
+DEMO_QUESTION = "Tell me about yourself in two sentences."
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .capture import capture
-    from .generation import SamplingConfig, generate_replies
+    from .activations import Activations
     from .models import load_model
+    from .pipeline import PipelineConfig, run_pipeline
+    from .report import steering_sweep, text_summary, write_report
+    from .rollouts import get_preset
 
+    preset = get_preset(args.preset)
     t0 = time.time()
     loaded = load_model(args.model, device=args.device)
-    print(f"model: {loaded.name}  ({loaded.layers.n_layers} layers, d={loaded.layers.hidden_size}, "
-          f"blocks at {loaded.layers.path!r}; loaded in {time.time() - t0:.1f}s)")
-    conv = [{"role": "system", "content": args.system}, {"role": "user", "content": args.question}]
-    reply = generate_replies(loaded, [conv], SamplingConfig(max_new_tokens=args.max_new_tokens))[0]
-    print(f"\nuser: {args.question}\nassistant: {reply}\n")
-    conv.append({"role": "assistant", "content": reply})
-    t1 = time.time()
-    mean = capture(loaded, [conv], reduce="mean", progress=False)
-    tokens = capture(loaded, [conv], reduce="all", progress=False)
-    print(f"captured {len(mean.layers)} layers over {len(tokens)} reply tokens in {time.time() - t1:.2f}s "
-          "(layer L = output of decoder block L)\n")
-    print(f"{'layer':>5}  {'|mean|':>9}  {'mean |h_t|':>10}  {'cos(prev)':>9}")
-    prev = None
-    for j, L in enumerate(mean.layers):
-        v = mean.values[0, j]
-        tok_norm = tokens.values[:, j].norm(dim=-1).mean().item()
-        cos = torch.nn.functional.cosine_similarity(v, prev, dim=0).item() if prev is not None else float("nan")
-        print(f"{L:>5}  {v.norm().item():>9.2f}  {tok_norm:>10.2f}  {cos:>9.3f}")
-        prev = v
-    if args.out:
-        path = mean.save(args.out)
-        print(f"\nsaved mean activations to {path}")
+    n = len(preset.build_requests())
+    print(f"model: {loaded.name} ({loaded.layers.n_layers} layers, d={loaded.layers.hidden_size}); preset "
+          f"{preset.name}: {n} rollouts of up to {preset.max_new_tokens} tokens, judge {args.judge}; "
+          f"writing to {args.out} (re-run the same command to resume)")
+    if preset.name == "quick":
+        print("  the quick preset takes about 20-25 minutes on a 2-core CPU; --preset smoke tries the whole "
+              "pipeline in about a minute")
+    # a smoke run has 2 replies per role and trait side, fewer than the usual minimum counts
+    small = {"min_role_samples": 1, "min_trait_samples": 1} if preset.name == "smoke" else {}
+    cfg = PipelineConfig(preset=preset, judge=args.judge, seed=args.seed, **small)
+    res = run_pipeline(loaded, args.out, cfg, progress=not args.quiet)
+    print()
+    print(text_summary(res, layer=args.layer))
+    layer = res.summary["best_layer"] if args.layer is None else args.layer
+    steering = []
+    if args.steer:
+        ref = Activations.load(Path(args.out) / "activations" / "default.safetensors", model=loaded)
+        coefs = [-0.6, -0.3, 0.0, 0.3, 0.6]
+        steering = steering_sweep(loaded, res.axis, layer, coefs, question=DEMO_QUESTION, reference=ref,
+                                  max_new_tokens=args.max_new_tokens)
+        print(f"\nsteering along the axis at layer {layer} (multiples of the mean residual norm), "
+              f"one batched generate:\n  question: {DEMO_QUESTION}")
+        for r in steering:
+            print(f"  {r.coef:+.1f}: {r.reply}")
+    path = write_report(res, Path(args.out) / "report.html", layer=args.layer, steering=steering)
+    print(f"\nreport: {path}   (vectors in {Path(args.out) / 'vectors'}; {time.time() - t0:.0f}s in all)")
     return 0
 
 
@@ -686,8 +692,8 @@ def _rollout_store_path(path: str) -> Path:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from .capture import capture
     from .errors import InvalidInputError
+    from .extraction import extract
     from .rollouts import RolloutStore
 
     store = RolloutStore(_rollout_store_path(args.rollouts))
@@ -707,11 +713,12 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             item["score"] = None if s is None or (isinstance(s, float) and math.isnan(s)) else s
         meta.append(item)
     t0 = time.time()
-    acts = capture(loaded, [r.messages() for r in records], layers=layers, metadata=meta,
-                   batch_size=args.batch_size, progress=not args.quiet)
-    path = acts.save(args.out)
-    print(f"captured {len(acts)} rollouts at layers {_compact_layers(acts.layers)} in {time.time() - t0:.1f}s; "
-          f"wrote {path}")
+    res = extract(loaded, [r.messages() for r in records], args.out, layers=layers, metadata=meta,
+                  batch_size=args.batch_size, chunk_size=args.chunk_size, restart=args.restart,
+                  progress=not args.quiet)
+    acts = res.activations
+    print(f"captured {len(acts)} rollouts at layers {_compact_layers(acts.layers)} in {time.time() - t0:.1f}s "
+          f"({len(res.computed)} computed now, {res.reused} reused from an earlier run); wrote {res.path}")
     return 0
 
 
@@ -776,17 +783,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="run one chat turn on a model and print per-layer residual statistics over the reply",
-        description="Load a model (default: the embedded SmolLM2-135M-Instruct), generate one reply, capture "
-        "every layer's residual stream over the reply's content tokens and print a per-layer table.",
-        epilog="example: persona-axes demo --question 'Who are you?' --out reply.safetensors",
+        help="the main job: the quick pipeline on a model, ending in a persona-space report",
+        description="Run (or resume) the paper's pipeline with a preset on a model (default: the embedded "
+        "SmolLM2-135M-Instruct): role and default-assistant rollouts, judge, capture, role and trait vectors, the "
+        "persona space and its Assistant Axis; print the per-layer numbers, steer along the axis in one batched "
+        "sweep, and write a standalone HTML report with the figures.",
+        epilog="example: persona-axes demo --out runs/demo   (or --preset smoke for a one-minute try)",
     )
     demo.add_argument("--model", default=None, help="HF id or local folder (default: embedded SmolLM2)")
     demo.add_argument("--device", default=None, help="torch device (default: cpu)")
-    demo.add_argument("--system", default=DEMO_SYSTEM)
-    demo.add_argument("--question", default=DEMO_QUESTION)
-    demo.add_argument("--max-new-tokens", type=int, default=48)
-    demo.add_argument("--out", default=None, help="save the mean activations to this .safetensors file")
+    demo.add_argument("--preset", default="quick", help="rollout preset: quick (default), smoke or paper")
+    demo.add_argument("--judge", default="embedding", help="embedding | none | http://host:port/v1@model")
+    demo.add_argument("--out", default="runs/demo", help="output folder; re-running resumes (default runs/demo)")
+    demo.add_argument("--layer", type=int, default=None, help="layer the report centres on (default: the sweep's)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--max-new-tokens", type=int, default=40, help="tokens per steered reply")
+    demo.add_argument("--no-steer", dest="steer", action="store_false", help="skip the steering sweep")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
 
     pipe = sub.add_parser(
@@ -931,7 +944,8 @@ def build_parser() -> argparse.ArgumentParser:
     ext = add(
         "extract", "capture activations (mean over each reply) for stored rollouts",
         "Run the model over stored rollouts and save the mean residual activation of each reply at the chosen "
-        "layers (default: all) with the rollout's id, kind, name, polarity and question as item metadata.",
+        "layers (default: all) with the rollout's id, kind, name, polarity and question as item metadata. "
+        "Resumable: finished chunks are kept in OUT.partial/ until OUT is written; re-running continues there.",
         "example:\n  persona-axes extract --rollouts runs/quick --kind role --out runs/quick/role_acts.safetensors",
         _cmd_extract)
     model_args(ext)
@@ -942,6 +956,9 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("--judge", default=None, help="also store this judge's score with each item")
     ext.add_argument("--limit", type=int, default=None, help="only the first N rollouts")
     ext.add_argument("--batch-size", type=int, default=16)
+    ext.add_argument("--chunk-size", type=int, default=64,
+                     help="rollouts between checkpoints (OUT.partial/); a killed run resumes from the last one")
+    ext.add_argument("--restart", action="store_true", help="discard a checkpoint of an earlier, other run")
     ext.add_argument("--quiet", action="store_true", help="no progress bar")
 
     ax = add(

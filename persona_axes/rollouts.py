@@ -893,11 +893,20 @@ PRESETS: dict[str, RolloutPreset] = {
         description="every role x 5 prompts x every question x 3 samples, every default prompt, every trait x "
                     "5 pairs x every extraction question; temperature 0.7, 512 new tokens; for a GPU",
     ),
+    # A few roles of contrasting families, for trying the whole pipeline (and its report) in about a minute on a
+    # CPU, and for the CLI's smoke tests. Too few roles for a meaningful persona space: use `quick` for results.
+    "smoke": RolloutPreset(
+        name="smoke", roles=("accountant", "therapist", "poet", "pirate", "dragon", "cat", "mob_boss"),
+        prompts_per_role=1, questions=2, default_prompts=3, traits=("evil", "optimistic"), trait_pairs=1,
+        trait_questions=2, samples=1, max_new_tokens=16, temperature=0.0, batch_size=16,
+        description="7 roles (one per family) x 2 questions, 3 default prompts, 2 traits x 2 questions; greedy, "
+                    "16 new tokens; a smoke test of the pipeline, not a result",
+    ),
 }
 
 
 def get_preset(name: str | RolloutPreset) -> RolloutPreset:
-    """The preset called ``name`` (``"quick"`` or ``"paper"``); a :class:`RolloutPreset` is returned as is."""
+    """The preset called ``name`` (``"quick"``, ``"paper"`` or ``"smoke"``); a :class:`RolloutPreset` is returned as is."""
     if isinstance(name, RolloutPreset):
         return name
     if name not in PRESETS:

@@ -383,7 +383,7 @@ def test_bad_inputs(tiny, tmp_path):
         R.run_rollouts(tiny, reqs, tmp_path / "r.jsonl", batch_size=0, progress=False)
     with pytest.raises(InvalidInputError, match="folder"):
         R.RolloutStore(tmp_path)
-    with pytest.raises(InvalidInputError, match="unknown rollout preset 'huge'.*quick, paper"):
+    with pytest.raises(InvalidInputError, match="unknown rollout preset 'huge'.*quick, paper, smoke"):
         R.get_preset("huge")
 
 
@@ -471,6 +471,10 @@ def test_presets():
     assert paper.temperature > 0 and paper.samples > 1 and paper.max_new_tokens >= 256
     with pytest.raises(InvalidInputError):
         quick.build_requests(include=["roles"])
+    smoke = R.get_preset("smoke").build_requests()
+    families = {load_roles()[r.name].family for r in smoke if r.kind == "role"}
+    assert len(families) == 7  # one role per family, so even the smoke run spans persona space
+    assert len(smoke) == 7 * 2 + 3 * 2 + 2 * 2 * 2
 
 
 # ----------------------------------------------------------------------------------------------------------------
