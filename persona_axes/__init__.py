@@ -13,6 +13,7 @@ from .chat import MessageSpan, RenderedChat, render_chat
 from .datasets import load_default_prompts, load_questions, load_roles, load_traits
 from .errors import *  # noqa: F401,F403  (the exception hierarchy is part of the public API)
 from .errors import __all__ as _errors
+from .extraction import Extraction, extract
 from .generation import SamplingConfig, generate_replies
 from .interventions import Ablate, ActivationCap, CapConfig, Steer, calibrate_cap
 from .models import LoadedModel, default_model_path, find_layers, load_model
@@ -34,7 +35,7 @@ __all__ = [
     "__version__",
     # models, chat, capture
     "load_model", "default_model_path", "find_layers", "LoadedModel", "make_backend", "Backend", "BACKENDS",
-    "ModelInfo", "render_chat", "RenderedChat", "MessageSpan", "capture", "Activations",
+    "ModelInfo", "render_chat", "RenderedChat", "MessageSpan", "capture", "Activations", "extract", "Extraction",
     # data and generation
     "load_roles", "load_traits", "load_questions", "load_default_prompts", "SamplingConfig", "generate_replies",
     # vectors and persona space

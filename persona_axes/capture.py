@@ -83,7 +83,36 @@ def _plan(rendered: list[RenderedChat], which: str | int, reduce: str) -> tuple[
     return plan, row
 
 
-def _item_meta(item: _Item, r: RenderedChat, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+def _plan_items(
+    plan: list[list[_Item]], n_rows: int, reduce: str, metadata: Sequence[Mapping[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """One metadata dict per output row, in row order."""
+    rows: list[dict[str, Any]] = [None] * n_rows  # type: ignore[list-item]
+    for ci, items in enumerate(plan):
+        for it in items:
+            base = _item_meta(it, metadata[ci] if metadata is not None else None)
+            if reduce == "all":
+                for k in range(it.n_out):
+                    rows[it.out + k] = {**base, "position": it.span.start + k}
+            else:
+                rows[it.out] = base
+    return rows
+
+
+def item_metadata(
+    rendered: Sequence[RenderedChat], which: str | int = "last_assistant", reduce: Reduction = "mean",
+    metadata: Sequence[Mapping[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """The item metadata :func:`capture` would give these rendered conversations, one dict per output row, without
+    running the model (``conversation`` is the index in ``rendered``; ``metadata[i]`` is merged into conversation
+    ``i``'s items)."""
+    if reduce not in REDUCTIONS:
+        raise InvalidInputError(f"reduce={reduce!r} is not one of {', '.join(REDUCTIONS)}")
+    plan, n_rows = _plan(list(rendered), which, reduce)
+    return _plan_items(plan, n_rows, reduce, metadata)
+
+
+def _item_meta(item: _Item, extra: Mapping[str, Any] | None) -> dict[str, Any]:
     meta = {
         "conversation": item.conv,
         "message": item.span.index,
@@ -144,15 +173,7 @@ def capture(
 
     d = be.info.hidden_size
     values = torch.empty(n_rows, len(layer_list), d, dtype=torch.float32)
-    items_meta: list[dict[str, Any]] = [None] * n_rows  # type: ignore[list-item]
-    for ci, items in enumerate(plan):
-        for it in items:
-            base = _item_meta(it, rendered[ci], metadata[ci] if metadata is not None else None)
-            if reduce == "all":
-                for k in range(it.n_out):
-                    items_meta[it.out + k] = {**base, "position": it.span.start + k}
-            else:
-                items_meta[it.out] = base
+    items_meta = _plan_items(plan, n_rows, reduce, metadata)
     layer_pos = {L: j for j, L in enumerate(layer_list)}
 
     device = be.device
@@ -235,4 +256,4 @@ class _Reducer:
         return flat.index_select(0, self.index).float()
 
 
-__all__ = ["capture", "iter_batches", "pad_batch", "render_all", "REDUCTIONS"]
+__all__ = ["capture", "item_metadata", "iter_batches", "pad_batch", "render_all", "REDUCTIONS"]

@@ -52,6 +52,10 @@ class FileFormatError(PersonaAxesError, ValueError):
     """A file is corrupt, truncated, not ours, or its metadata fails validation."""
 
 
+class StaleCheckpointError(PersonaAxesError, ValueError):
+    """A resumable run's checkpoint was made from other inputs, another model or other options than this run."""
+
+
 class DataSchemaError(PersonaAxesError, ValueError):
     """A roles/traits/questions data file does not match its schema (the message names file and field)."""
 
@@ -76,6 +80,7 @@ __all__ = [
     "SpanError",
     "ModelMismatchError",
     "FileFormatError",
+    "StaleCheckpointError",
     "DataSchemaError",
     "InvalidInputError",
     "JudgeError",

@@ -1,7 +1,7 @@
 """The paper's pipeline end to end: rollouts -> judge -> capture -> role/trait vectors -> persona space -> files.
 
 Every stage writes to ``out_dir`` and is skipped when its output is already there, so an interrupted run resumes
-where it stopped (rollouts resume item by item; activations per group):
+where it stopped (rollouts resume item by item; activations chunk by chunk):
 
     out_dir/rollouts.jsonl                      generated replies, judge scores cached inside
     out_dir/activations/{role,default,trait}.safetensors
@@ -28,9 +28,9 @@ import torch
 
 from .activations import Activations
 from .backends.base import as_backend
-from .capture import capture
 from .datasets import load_roles, load_traits
-from .errors import FileFormatError, InvalidInputError, ModelMismatchError
+from .errors import FileFormatError, InvalidInputError, StaleCheckpointError
+from .extraction import extract
 from .interventions import calibrate_cap
 from .io import atomic_write
 from .judge import accepts_role, judge_from_spec, keeps_trait_sample
@@ -74,23 +74,20 @@ class PipelineResult:
 
 
 def _capture_group(be, records, path: Path, judge_name: str, batch_size: int, progress: bool) -> Activations:
-    ids = [r.id for r in records]
-    if path.exists():
-        try:
-            acts = Activations.load(path, model=be.info)
-            if [it["id"] for it in acts.items] == ids:
-                return acts
-            log.info("%s holds other rollouts; capturing again", path)
-        except (FileFormatError, ModelMismatchError) as e:
-            log.warning("ignoring %s (%s); capturing again", path, e)
+    """Activations of one group of rollouts (resumable chunk by chunk; reused when ``path`` already holds them).
+    Judge scores are labels, not inputs: new scores relabel stored activations without computing them again."""
     meta = []
     for r in records:
         score = r.score(judge_name)
         meta.append({"id": r.id, "kind": r.kind, "name": r.name, "polarity": r.polarity, "prompt_index": r.prompt_index,
                      "question_id": r.question_id, "score": None if score is None or (isinstance(score, float) and math.isnan(score)) else score})
-    acts = capture(be, [r.messages() for r in records], metadata=meta, batch_size=batch_size, progress=progress)
-    acts.save(path)
-    return acts
+    convs = [r.messages() for r in records]
+    try:
+        res = extract(be, convs, path, metadata=meta, batch_size=batch_size, progress=progress)
+    except StaleCheckpointError as e:  # the rollouts changed since the checkpoint was made: it is of no use
+        log.warning("%s; extracting again", e)
+        res = extract(be, convs, path, metadata=meta, batch_size=batch_size, progress=progress, restart=True)
+    return res.activations
 
 
 def _band(center: int, half: int, n_layers: int) -> list[int]:
@@ -243,8 +240,6 @@ __all__ = ["PipelineConfig", "PipelineResult", "run_pipeline"]
 
 def publish(result_dir: str | Path, dest: str | Path, command: str = "") -> Path:
     """Copy a finished run's vectors to ``dest`` and write ``dest/README.md`` from its ``summary.json``."""
-    import shutil
-
     src = Path(result_dir)
     summary_path = src / "summary.json"
     if not summary_path.is_file():
@@ -254,8 +249,8 @@ def publish(result_dir: str | Path, dest: str | Path, command: str = "") -> Path
     (dest / "traits").mkdir(parents=True, exist_ok=True)
     for p in sorted((src / "vectors").rglob("*.safetensors")):
         target = dest / p.relative_to(src / "vectors")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(p, target)
+        with atomic_write(target) as f:  # a copy, atomically: never half a vector file at dest
+            f.write(p.read_bytes())
     with atomic_write(dest / "summary.json", "w") as f:
         json.dump(s, f, indent=1)
     with atomic_write(dest / "README.md", "w") as f:

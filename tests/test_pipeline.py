@@ -40,7 +40,7 @@ def test_pipeline_end_to_end_and_resume(tiny, tmp_path, monkeypatch):
     # resume: nothing is generated or captured again
     calls = []
     real = pa.capture
-    monkeypatch.setattr("persona_axes.pipeline.capture", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr("persona_axes.extraction.capture", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = run_pipeline(tiny, tmp_path, cfg, progress=False)
     assert again.summary["rollouts_generated_this_run"] == 0 and calls == []
     assert torch.equal(again.axis.vector, res.axis.vector)
