@@ -1,7 +1,11 @@
 """Files: atomic writes, and safetensors with validated persona_axes metadata.
 
 Every file persona_axes writes goes through :func:`atomic_write` (write a temporary file in the same folder,
-fsync, rename), so a crash leaves either the old file or the new one, never half of one. Our safetensors files
+fsync, rename), so a crash leaves either the old file or the new one, never half of one. Two deliberate shapes of
+the same rule: the converted default model is written into a temporary folder renamed into place, and the rollout
+store is an append-only log (one write and an fsync per batch; a torn last line is dropped on reading, and
+rewrites go through :func:`atomic_write`). A killed run may leave a hidden ``.<name>.*.tmp`` file, never read as
+data. Our safetensors files
 carry string metadata: ``format=persona_axes``, ``kind`` (what the file holds), ``format_version``, the model
 identity (``model``, ``num_layers``, ``hidden_size``, ``layer_site``) and ``package_version``; loading checks them
 and refuses corrupt, truncated or foreign files with :class:`FileFormatError`.

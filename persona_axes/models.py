@@ -97,7 +97,10 @@ def _write_manifest(folder: Path, source: dict[str, Any]) -> None:
         if p.is_file() and p.name != MANIFEST
     }
     manifest = {"version": _MANIFEST_VERSION, "source": source, "files": files, "created": time.time()}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    from .io import atomic_write
+
+    with atomic_write(folder / MANIFEST, "w") as f:  # written last: a folder without it is known to be partial
+        json.dump(manifest, f, indent=1)
 
 
 @functools.lru_cache(maxsize=8)
@@ -158,6 +161,8 @@ def default_model_path() -> Path:
     models.mkdir(parents=True, exist_ok=True)
     final = models / key
     with FileLock(str(models / f"{key}.lock")):
+        for stale in models.glob(f".{key}.partial-*"):  # left by a conversion that was killed (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         if final.exists():
             try:
                 validate_cached_model(final)

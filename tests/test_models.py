@@ -109,6 +109,67 @@ def test_manifest_validation_catches_corruption(tmp_path):
         models_mod.validate_cached_model(folder)
 
 
+class FakeConversion:
+    """Stands in for the GGUF -> HF conversion: writes a small config and weights file, counts its calls, and can
+    die half-way (after writing one file), as a killed first load would."""
+
+    def __init__(self, monkeypatch, tmp_path):
+        gguf = tmp_path / "wheel" / "model.gguf"
+        gguf.parent.mkdir()
+        gguf.write_bytes(b"GGUF" + b"\x00" * 60)
+        monkeypatch.setenv(models_mod.CACHE_ENV, str(tmp_path / "cache"))
+        monkeypatch.setattr(models_mod, "default_model_gguf", lambda: gguf)
+        monkeypatch.setattr(models_mod, "_convert_gguf", self)
+        self.calls, self.die = 0, False
+
+    def __call__(self, gguf, out):
+        self.calls += 1
+        (out / "config.json").write_text('{"hidden_size": 8}')
+        if self.die:
+            raise KeyboardInterrupt("killed half-way")
+        (out / "model.safetensors").write_bytes(bytes(range(256)) * 4)
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "no manifest", "edited config", "missing weights"])
+def test_half_written_or_damaged_cache_folder_is_rebuilt_not_loaded(monkeypatch, tmp_path, damage):
+    conv = FakeConversion(monkeypatch, tmp_path)
+    folder = models_mod.default_model_path()
+    assert conv.calls == 1 and (folder / "model.safetensors").stat().st_size == 1024
+    assert models_mod.default_model_path() == folder and conv.calls == 1  # valid: reused, not converted again
+    if damage == "truncated weights":
+        (folder / "model.safetensors").write_bytes(bytes(range(256)) * 2)
+    elif damage == "no manifest":
+        (folder / models_mod.MANIFEST).unlink()
+    elif damage == "edited config":
+        (folder / "config.json").write_text('{"hidden_size": 9}')
+    else:
+        (folder / "model.safetensors").unlink()
+    with pytest.raises(CacheCorruptError, match=str(folder)):
+        models_mod.validate_cached_model(folder)
+    assert models_mod.default_model_path() == folder and conv.calls == 2  # moved aside and converted again
+    models_mod.validate_cached_model(folder)
+    assert (folder / "model.safetensors").read_bytes() == bytes(range(256)) * 4
+    assert len(list(folder.parent.glob(f"{folder.name}.corrupt-*"))) == 1
+
+
+def test_killed_conversion_leaves_no_folder_that_could_be_loaded(monkeypatch, tmp_path):
+    conv = FakeConversion(monkeypatch, tmp_path)
+    conv.die = True
+    with pytest.raises(KeyboardInterrupt):
+        models_mod.default_model_path()
+    models = tmp_path / "cache" / "models"
+    assert [p for p in models.iterdir() if p.is_dir()] == []  # the partial folder is removed, none is final
+    # a SIGKILL gives no chance to clean up: a stale partial folder is removed by the next load, under the lock
+    key = next(models.glob("*.lock")).name[: -len(".lock")]
+    stale = models / f".{key}.partial-abc123"
+    stale.mkdir()
+    (stale / "config.json").write_text("{")
+    conv.die = False
+    folder = models_mod.default_model_path()
+    assert conv.calls == 2 and not stale.exists()
+    assert sorted(p.name for p in models.iterdir() if p.is_dir()) == [folder.name]
+
+
 @pytest.mark.slow
 def test_two_processes_convert_the_default_model_at_once(tmp_path):
     """Two first loads at once share one conversion (lock + atomic rename); the cache is valid afterwards."""
