@@ -77,6 +77,7 @@ by other tools import fine with ``model=`` given, but tensor names must be canon
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import json
 import numbers
@@ -362,6 +363,7 @@ def export_gguf_control_vector(
             w.add_float64(_NS + "scale", scale)
             w.add_bool(_NS + "normalize", bool(normalize))
             w.add_key_value(_NS + "layers", list(rows), gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.INT32)
+            w.add_key_value(_NS + "sha256", _directions_sha256(rows), S)
             for L, row in rows.items():
                 w.add_tensor(f"direction.{L}", row)
             w.write_header_to_file()
@@ -419,6 +421,10 @@ def import_gguf_control_vector(
         count = _field(fields, f"{GGUF_ARCH}.layer_count", "int", path)
         if count != len(dirs):
             raise FileFormatError(f"{path}: controlvector.layer_count={count} but the file has {len(dirs)} directions")
+        digest = _field(fields, _NS + "sha256", "str", path, required=False)  # absent in files from before it
+        if digest is not None and digest != _directions_sha256(dirs):
+            raise FileFormatError(f"{path}: the direction tensors fail their SHA-256 checksum; the file is corrupt "
+                                  "(or its values were edited): export it again")
         try:
             extra = json.loads(_field(fields, _NS + "metadata", "str", path))
         except json.JSONDecodeError as e:
@@ -449,6 +455,14 @@ def import_gguf_control_vector(
         return _new_vector(info, dirs, name=name, method=method, n_samples=n_samples, metadata=extra)
     except InvalidInputError as e:
         raise FileFormatError(f"{path}: {e}") from e
+
+
+def _directions_sha256(rows: Mapping[int, np.ndarray]) -> str:
+    """SHA-256 over the layer indices and float32 bytes of the directions, in layer order."""
+    h = hashlib.sha256()
+    for L in sorted(rows):
+        h.update(int(L).to_bytes(4, "little") + np.ascontiguousarray(rows[L], dtype="<f4").tobytes())
+    return h.hexdigest()
 
 
 def _fit_model(dirs: Mapping[int, np.ndarray], info: ModelInfo, where: Any) -> None:

@@ -7,13 +7,16 @@ store is an append-only log (one write and an fsync per batch; a torn last line 
 rewrites go through :func:`atomic_write`). A killed run may leave a hidden ``.<name>.*.tmp`` file, never read as
 data. Our safetensors files
 carry string metadata: ``format=persona_axes``, ``kind`` (what the file holds), ``format_version``, the model
-identity (``model``, ``num_layers``, ``hidden_size``, ``layer_site``) and ``package_version``; loading checks them
-and refuses corrupt, truncated or foreign files with :class:`FileFormatError`.
+identity (``model``, ``num_layers``, ``hidden_size``, ``layer_site``), ``package_version`` and ``sha256``, a checksum
+of the tensor bytes (safetensors has none of its own, so a flipped byte in the data would otherwise load as a
+plausible wrong number). Loading checks them all and refuses corrupt, truncated or foreign files with
+:class:`FileFormatError`; files written before the checksum existed load without that check.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -28,6 +31,12 @@ from .errors import FileFormatError
 FORMAT = "persona_axes"
 FORMAT_VERSION = "1"
 REQUIRED_KEYS = ("format", "kind", "format_version", "model", "num_layers", "hidden_size", "layer_site")
+CHECKSUM_KEY = "sha256"
+
+
+def _data_sha256(blob: bytes) -> str:
+    """SHA-256 of a safetensors file's data region (everything after the 8-byte length and the JSON header)."""
+    return hashlib.sha256(memoryview(blob)[8 + int.from_bytes(blob[:8], "little"):]).hexdigest()
 
 
 def package_version() -> str:
@@ -69,14 +78,18 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
     missing = [k for k in REQUIRED_KEYS if k not in md]
     if missing:
         raise ValueError(f"metadata lacks {missing}")
-    blob = save({k: t.detach().to("cpu").contiguous() for k, t in tensors.items()}, metadata=md)
+    tensors = {k: t.detach().to("cpu").contiguous() for k, t in tensors.items()}
+    # The data region does not depend on the header, so serialise once to checksum it, then with the checksum.
+    md[CHECKSUM_KEY] = _data_sha256(save(tensors, metadata=md))
+    blob = save(tensors, metadata=md)
     with atomic_write(path) as f:
         f.write(blob)
     return Path(path)
 
 
 def load_tensors(path: str | os.PathLike, *, kind: str | tuple[str, ...]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read one of our safetensors files; check it is ours, of the expected ``kind``, and well-formed."""
+    """Read one of our safetensors files; check it is ours, of the expected ``kind``, well-formed and intact.
+    The metadata returned leaves out the checksum (it describes the file, not the object)."""
     from safetensors.torch import load
 
     path = Path(path)
@@ -105,6 +118,9 @@ def load_tensors(path: str | os.PathLike, *, kind: str | tuple[str, ...]) -> tup
         int(md["num_layers"]), int(md["hidden_size"])
     except ValueError as e:
         raise FileFormatError(f"{path}: num_layers/hidden_size must be integers: {e}") from e
+    if CHECKSUM_KEY in md and md.pop(CHECKSUM_KEY) != _data_sha256(data):
+        raise FileFormatError(f"{path}: the tensor data fails its SHA-256 checksum; the file is corrupt (or its "
+                              "data was edited): write it again from its source")
     for name, t in tensors.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise FileFormatError(f"{path}: tensor {name!r} holds NaN or infinite values")
