@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .backends.base import ModelInfo
-from .errors import InvalidInputError, LayerOutOfRangeError
+from .errors import FileFormatError, InvalidInputError, LayerOutOfRangeError
 from .io import json_meta, load_tensors, parse_json_meta, save_tensors
 
 KIND = "activations"
@@ -45,6 +45,14 @@ class Activations:
             raise InvalidInputError(f"{n} rows of values but {len(self.items)} item metadata dicts")
         if d != self.model.hidden_size:
             raise InvalidInputError(f"values have width {d} but the model's hidden size is {self.model.hidden_size}")
+        bad = [L for L in self.layers if not 0 <= L < self.model.n_layers]
+        if bad or len(set(self.layers)) != len(self.layers):
+            raise InvalidInputError(
+                f"layers {list(self.layers)} must be distinct block indices 0..{self.model.n_layers - 1} of the "
+                f"{self.model.n_layers}-layer model" + (f"; {bad} are not" if bad else "; some repeat")
+            )
+        if not all(isinstance(it, dict) for it in self.items):
+            raise InvalidInputError("items must be one metadata dict per row")
 
     def __len__(self) -> int:
         return self.values.shape[0]
@@ -136,19 +144,19 @@ class Activations:
         if model is not None:
             info.check_compatible(model_info(model), what=f"the activations in {path}", strict_name=strict_name)
         if "values" not in tensors:
-            from .errors import FileFormatError
-
             raise FileFormatError(f"{path}: no 'values' tensor")
         reserved = {"format", "kind", "format_version", "package_version", "layers", "reduction", "items",
                     "model", "num_layers", "hidden_size", "layer_site"}
-        return cls(
-            values=tensors["values"],
-            layers=tuple(parse_json_meta(md, "layers", path)),
-            items=parse_json_meta(md, "items", path),
-            model=info,
-            reduction=md.get("reduction", "mean"),
-            extra={k: v for k, v in md.items() if k not in reserved},
-        )
+        layers, items = parse_json_meta(md, "layers", path), parse_json_meta(md, "items", path)
+        if not isinstance(layers, list) or not all(isinstance(L, int) and not isinstance(L, bool) for L in layers):
+            raise FileFormatError(f"{path}: metadata 'layers' must be a list of integers, got {md['layers'][:80]!r}")
+        if not isinstance(items, list):
+            raise FileFormatError(f"{path}: metadata 'items' must be a list of dicts, got {type(items).__name__}")
+        try:
+            return cls(values=tensors["values"], layers=tuple(layers), items=items, model=info,
+                       reduction=md.get("reduction", "mean"), extra={k: v for k, v in md.items() if k not in reserved})
+        except InvalidInputError as e:  # the file disagrees with itself: corrupt or edited
+            raise FileFormatError(f"{path}: {e}; the file is corrupt or was edited") from e
 
 
 def model_info(model: Any) -> ModelInfo:

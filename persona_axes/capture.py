@@ -83,6 +83,19 @@ def _plan(rendered: list[RenderedChat], which: str | int, reduce: str) -> tuple[
     return plan, row
 
 
+def check_metadata(metadata: Sequence[Mapping[str, Any]] | None, n: int) -> None:
+    """``metadata`` must be ``None`` or one dict per conversation."""
+    if metadata is None:
+        return
+    if isinstance(metadata, (str, bytes, Mapping)) or not isinstance(metadata, Sequence):
+        raise InvalidInputError(f"metadata must be a list of dicts (one per conversation), got {type(metadata).__name__}")
+    if len(metadata) != n:
+        raise InvalidInputError(f"{len(metadata)} metadata dicts for {n} conversations")
+    for i, m in enumerate(metadata):
+        if not isinstance(m, Mapping):
+            raise InvalidInputError(f"metadata[{i}] must be a dict of item fields, got {type(m).__name__} {m!r:.40}")
+
+
 def _plan_items(
     plan: list[list[_Item]], n_rows: int, reduce: str, metadata: Sequence[Mapping[str, Any]] | None
 ) -> list[dict[str, Any]]:
@@ -108,6 +121,7 @@ def item_metadata(
     ``i``'s items)."""
     if reduce not in REDUCTIONS:
         raise InvalidInputError(f"reduce={reduce!r} is not one of {', '.join(REDUCTIONS)}")
+    check_metadata(metadata, len(rendered))
     plan, n_rows = _plan(list(rendered), which, reduce)
     return _plan_items(plan, n_rows, reduce, metadata)
 
@@ -166,8 +180,7 @@ def capture(
     be: Backend = as_backend(model, backend)
     layer_list = be.layers(layers)
     conversations = list(conversations)
-    if metadata is not None and len(metadata) != len(conversations):
-        raise InvalidInputError(f"{len(metadata)} metadata dicts for {len(conversations)} conversations")
+    check_metadata(metadata, len(conversations))
     rendered = render_all(be.tokenizer, conversations, add_generation_prompt)
     plan, n_rows = _plan(rendered, which, reduce)
 
@@ -256,4 +269,4 @@ class _Reducer:
         return flat.index_select(0, self.index).float()
 
 
-__all__ = ["capture", "item_metadata", "iter_batches", "pad_batch", "render_all", "REDUCTIONS"]
+__all__ = ["capture", "check_metadata", "item_metadata", "iter_batches", "pad_batch", "render_all", "REDUCTIONS"]

@@ -696,11 +696,14 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from .extraction import extract
     from .rollouts import RolloutStore
 
+    for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size), ("--chunk-size", args.chunk_size)):
+        if value is not None and value < 1:  # --limit 0 took every rollout and --limit -1 dropped the last one
+            raise InvalidInputError(f"{flag} must be >= 1, got {value}")
     store = RolloutStore(_rollout_store_path(args.rollouts))
     records = store.records(args.kind) if args.kind else list(store)
     if not records:
         raise InvalidInputError(f"no rollouts{' of kind ' + repr(args.kind) if args.kind else ''} in {args.rollouts}")
-    if args.limit:
+    if args.limit is not None:
         records = records[: args.limit]
     loaded = _load(args)
     layers = parse_layers(args.layers, loaded.layers.n_layers) if args.layers else None

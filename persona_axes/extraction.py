@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .activations import Activations
 from .backends.base import Backend, as_backend
-from .capture import Reduction, capture, item_metadata, render_all
+from .capture import Reduction, capture, check_metadata, item_metadata, render_all
 from .chat import RenderedChat
 from .errors import (
     ConversationError,
@@ -100,8 +100,7 @@ def extract(
     be = as_backend(model, backend)
     layer_list = be.layers(layers)
     conversations = list(conversations)
-    if metadata is not None and len(metadata) != len(conversations):
-        raise InvalidInputError(f"{len(metadata)} metadata dicts for {len(conversations)} conversations")
+    check_metadata(metadata, len(conversations))
     rendered = render_all(be.tokenizer, conversations, add_generation_prompt)
     items = item_metadata(rendered, which, reduce, metadata)  # also checks every span before any work
     run = _run_summary(be, layer_list, which, reduce, len(rendered))

@@ -238,7 +238,8 @@ class Steer(Intervention):
             for L in self.layers:
                 if not torch.isfinite(norms[L]):
                     raise InvalidInputError(f"the reference activations hold no layer {L}; capture it first")
-                self.scale[L] = float(norms[L]) / float(vecs[L].norm().clamp_min(1e-12))
+                _unit(vecs[L], "steering vector", L)  # refuses a zero-norm vector, which rel units cannot scale
+                self.scale[L] = float(norms[L]) / float(vecs[L].norm())
         elif unit == "unit":
             for L in self.layers:
                 _unit(vecs[L], "steering vector", L)  # refuses a zero-norm vector
@@ -369,6 +370,9 @@ def calibrate_cap(axis: Any, reference: Activations, layers: int | Iterable[int]
     """
     if not 0 <= percentile <= 100 or not math.isfinite(percentile):
         raise InvalidInputError(f"percentile must be in [0, 100], got {percentile}")
+    if not isinstance(reference, Activations):
+        raise InvalidInputError(f"reference must be Activations (from capture(), e.g. of default-assistant replies), "
+                                f"got {type(reference).__name__}; they carry the layers and model the cap needs")
     info = reference.model
     from .backends.base import normalize_layers
 

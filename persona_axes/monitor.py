@@ -113,7 +113,10 @@ def load_transcript(path: str | os.PathLike) -> list[dict[str, str]]:
     except json.JSONDecodeError as e:
         raise FileFormatError(f"{path}: not valid JSON ({e})") from e
     if isinstance(data, Mapping):
-        data = data.get("messages")
+        if not isinstance(data.get("messages"), list):
+            raise FileFormatError(f"{path}: a JSON object transcript needs a \"messages\" list; it has keys "
+                                  f"{sorted(data)[:8]}")
+        data = data["messages"]
     try:
         return validate_messages(data)
     except ConversationError as e:
@@ -171,6 +174,9 @@ def monitor_transcript(
     if isinstance(messages, (str, os.PathLike)):
         messages = load_transcript(messages)
     msgs = validate_messages(messages)
+    if isinstance(roles, str) or not roles or not set(roles) <= {"system", "user", "assistant"}:
+        raise InvalidInputError(f"roles must be a non-empty list of 'system', 'user', 'assistant' (the messages to "
+                                f"report), got {roles!r}")
     if not any(m["role"] == "assistant" for m in msgs):
         raise ConversationError("the transcript has no assistant turn to monitor; it needs at least one reply")
     be = as_backend(model, backend)
