@@ -40,9 +40,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if preset.name == "quick":
         print("  the quick preset takes about 20-25 minutes on a 2-core CPU; --preset smoke tries the whole "
               "pipeline in about a minute")
-    # a smoke run has 2 replies per role and trait side, fewer than the usual minimum counts
-    small = {"min_role_samples": 1, "min_trait_samples": 1} if preset.name == "smoke" else {}
-    cfg = PipelineConfig(preset=preset, judge=args.judge, seed=args.seed, **small)
+    cfg = PipelineConfig(preset=preset, judge=args.judge, seed=args.seed)
     res = run_pipeline(loaded, args.out, cfg, progress=not args.quiet)
     print()
     print(text_summary(res, layer=args.layer))

@@ -131,8 +131,9 @@ def text_summary(result: PipelineResult, *, layer: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, left: int = 0,
-           highlight: int | None = None) -> str:
+def html_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, left: int = 0,
+               highlight: int | None = None) -> str:
+    """An HTML table, every cell escaped; the first ``left`` columns left-aligned; row ``highlight`` marked."""
     th = "".join(f"<th{' class=l' if i < left else ''}>{_esc(h)}</th>" for i, h in enumerate(header))
     body = []
     for k, row in enumerate(rows):
@@ -143,12 +144,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, left: int = 
 
 def pipeline_report(result: PipelineResult, *, layer: int | None = None,
                     steering: Sequence[SteeredReply] | None = None, title: str | None = None,
-                    notes: Mapping[str, Any] | None = None) -> str:
+                    notes: Mapping[str, Any] | None = None,
+                    sections: Sequence[tuple[str, str]] = ()) -> str:
     """The report as one standalone HTML page (plotly.js inlined once, so it opens offline).
 
     ``layer``: the layer the figures centre on (default: the sweep's choice). ``steering``: replies from
     :func:`steering_sweep`. ``notes``: extra ``{label: value}`` rows for the header table (e.g. the experiment
-    config)."""
+    config). ``sections``: ``(heading, html)`` pairs appended at the end; their html is inserted as given."""
     from . import plots
 
     s = result.summary
@@ -210,7 +212,7 @@ def pipeline_report(result: PipelineResult, *, layer: int | None = None,
         r = sweep.get(k, {})
         rows.append((k, f"{c:+.3f}", f"{ev:.3f}", f"{r['auroc']:.3f}" if "auroc" in r else "",
                      f"{r['cohens_d']:.2f}" if "cohens_d" in r else ""))
-    parts.append("<h2>Per layer</h2>" + _table(("layer", "cos(axis, PC1)", "PC1 explained variance", "AUROC",
+    parts.append("<h2>Per layer</h2>" + html_table(("layer", "cos(axis, PC1)", "PC1 explained variance", "AUROC",
                                                "Cohen's d"), rows, highlight=L))
 
     j = result.space.layers_.index(L)
@@ -224,18 +226,18 @@ def pipeline_report(result: PipelineResult, *, layer: int | None = None,
                 sorted(fam_means.items(), key=lambda kv: -sum(kv[1]) / len(kv[1]))]
     parts.append(f"<h2>Where roles fall on PC1 at layer {L}</h2><p>Default Assistant: "
                  f"<b>{float(result.space.default_loadings_[j, 0]):+.2f}</b></p>"
-                 + _table(("family", "mean PC1", "roles"), fam_rows, left=1)
-                 + _table(("role", "family", "PC1"), [(n, fam.get(n, ""), f"{v:+.2f}") for n, v in ranked], left=2))
+                 + html_table(("family", "mean PC1", "roles"), fam_rows, left=1)
+                 + html_table(("role", "family", "PC1"), [(n, fam.get(n, ""), f"{v:+.2f}") for n, v in ranked], left=2))
 
     if s.get("traits"):
-        parts.append("<h2>Trait vectors</h2>" + _table(
+        parts.append("<h2>Trait vectors</h2>" + html_table(
             ("trait", "n pos", "n neg", "judge-filtered", f"cos with axis at layer {s['best_layer']}"),
             [(n, i["n_pos"], i["n_neg"], i["judge_filtered"], f"{i['cos_axis_at_best_layer']:+.3f}")
              for n, i in sorted(s["traits"].items())], left=1))
     cap = s.get("capping")
     if cap:
         parts.append(f"<h2>Activation cap</h2><p>A {_esc(cap['kind'])} at the {cap['percentile']:g}th percentile of "
-                     f"default-assistant projections, over layers {_esc(cap['layers'])}.</p>" + _table(
+                     f"default-assistant projections, over layers {_esc(cap['layers'])}.</p>" + html_table(
                          ("layer", "threshold"), [(k, f"{v:+.3f}") for k, v in cap["thresholds"].items()]))
     if steering:
         parts.append(f"<h2>Steering along the Assistant Axis</h2><p>One batched generation, a coefficient per row, "
@@ -245,6 +247,7 @@ def pipeline_report(result: PipelineResult, *, layer: int | None = None,
                      f"<i>{_esc(steering[0].question)}</i></p>"
                      + "".join(f"<p><b>coef {r.coef:+g}</b></p><blockquote>{_esc(r.reply)}</blockquote>"
                                for r in steering))
+    parts += [f"<h2>{_esc(heading)}</h2>{content}" for heading, content in sections]
     body = "\n".join(parts)
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_esc(title or 'persona space')}</title>"
             f"<style>{_STYLE}</style></head><body>{body}</body></html>")
@@ -259,4 +262,4 @@ def write_report(result: PipelineResult, path: str | os.PathLike | None = None, 
     return path
 
 
-__all__ = ["SteeredReply", "steering_sweep", "text_summary", "pipeline_report", "write_report", "report_layer"]
+__all__ = ["html_table", "SteeredReply", "steering_sweep", "text_summary", "pipeline_report", "write_report", "report_layer"]

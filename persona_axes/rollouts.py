@@ -897,9 +897,9 @@ PRESETS: dict[str, RolloutPreset] = {
     # CPU, and for the CLI's smoke tests. Too few roles for a meaningful persona space: use `quick` for results.
     "smoke": RolloutPreset(
         name="smoke", roles=("accountant", "therapist", "poet", "pirate", "dragon", "cat", "mob_boss"),
-        prompts_per_role=1, questions=2, default_prompts=3, traits=("evil", "optimistic"), trait_pairs=1,
+        prompts_per_role=1, questions=3, default_prompts=3, traits=("evil", "optimistic"), trait_pairs=1,
         trait_questions=2, samples=1, max_new_tokens=16, temperature=0.0, batch_size=16,
-        description="7 roles (one per family) x 2 questions, 3 default prompts, 2 traits x 2 questions; greedy, "
+        description="7 roles (one per family) x 3 questions, 3 default prompts, 2 traits x 2 questions; greedy, "
                     "16 new tokens; a smoke test of the pipeline, not a result",
     ),
 }

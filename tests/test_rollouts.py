@@ -474,7 +474,7 @@ def test_presets():
     smoke = R.get_preset("smoke").build_requests()
     families = {load_roles()[r.name].family for r in smoke if r.kind == "role"}
     assert len(families) == 7  # one role per family, so even the smoke run spans persona space
-    assert len(smoke) == 7 * 2 + 3 * 2 + 2 * 2 * 2
+    assert len(smoke) == 7 * 3 + 3 * 3 + 2 * 2 * 2
 
 
 # ----------------------------------------------------------------------------------------------------------------
