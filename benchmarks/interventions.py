@@ -1,6 +1,6 @@
 """Generation speed under interventions on the embedded SmolLM2, as ratios measured side by side in one run.
 
-    .venv/bin/python benchmarks/interventions.py [--prompts 8] [--new-tokens 32] [--repeats 3] [--sweep 6]
+    .venv/bin/python benchmarks/interventions.py [--prompts 8] [--new-tokens 32] [--repeats 3] [--sweep 6] [--device cpu]
 
 Rows (medians over interleaved repeats of paired ratios):
 - generate tokens/s with Steer (4 layers, all positions) / plain generate          (target >= 0.95)
@@ -35,8 +35,11 @@ def batch(loaded, convs):
 
 def generate(loaded, ids, mask, n_new):
     with torch.inference_mode():
-        return loaded.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new,
-                                     do_sample=False, pad_token_id=0, temperature=None, top_p=None, top_k=None)
+        out = loaded.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new,
+                                    do_sample=False, pad_token_id=0, temperature=None, top_p=None, top_k=None)
+    if out.device.type == "cuda":  # time the work, not the launch
+        torch.cuda.synchronize()
+    return out
 
 
 def main() -> None:
@@ -45,12 +48,13 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--sweep", type=int, default=6)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
 
-    loaded = pa.load_model()
+    loaded = pa.load_model(device=args.device)
     n_layers, d = loaded.layers.n_layers, loaded.layers.hidden_size
     convs = [[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}] for i in range(args.prompts)]
-    ids, mask = batch(loaded, convs)
+    ids, mask = (t.to(loaded.model.device) for t in batch(loaded, convs))
     g = torch.Generator().manual_seed(0)
     vector = torch.randn(n_layers, d, generator=g)
     ref = pa.capture(loaded, [c + [{"role": "assistant", "content": "Sure, here is my answer."}] for c in convs],
@@ -97,8 +101,10 @@ def main() -> None:
 
     toks = args.prompts * args.new_tokens
     plain_s = statistics.median(times["plain"])
+    where = (torch.cuda.get_device_name(loaded.model.device) if loaded.model.device.type == "cuda"
+             else f"{torch.get_num_threads()} threads")
     print(f"\nSmolLM2-135M-Instruct, batch {args.prompts} x {args.new_tokens} new tokens (greedy, KV cache), "
-          f"{args.repeats} interleaved repeats, torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"{args.repeats} interleaved repeats, torch {torch.__version__}, {where}")
     print(f"plain generate: median {plain_s:.2f} s = {toks / plain_s:.1f} tokens/s\n")
     print(f"{'measurement':<52} {'ratio':>7}  target")
     print(f"{'tokens/s with Steer (4 layers) / plain':<52} {speed_ratio('steer', 'plain'):>7.3f}  >= 0.95")
