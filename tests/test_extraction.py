@@ -68,27 +68,27 @@ def test_extract_equals_capture_and_writes_one_file(tiny, tmp_path):
 
 @pytest.mark.parametrize("reduce", ["mean", "all"])
 def test_interrupted_run_resumes_without_redoing_finished_chunks(tiny, tmp_path, monkeypatch, reduce):
-    convs = conversations(11)
+    convs = conversations(8)
     kw = dict(layers=[0, 2], reduce=reduce, chunk_size=3, batch_size=2, progress=False)
-    ref = pa.extract(tiny, convs, tmp_path / "ref.safetensors", metadata=labels(11), **kw)
+    ref = pa.extract(tiny, convs, tmp_path / "ref.safetensors", metadata=labels(8), **kw)
     out = tmp_path / "acts.safetensors"
     CountingCapture(monkeypatch, fail_after=2)
     with pytest.raises(Interrupted):
-        pa.extract(tiny, convs, out, metadata=labels(11), **kw)
+        pa.extract(tiny, convs, out, metadata=labels(8), **kw)
     assert not out.exists()
     assert sorted(p.name for p in X.partial_dir(out).glob("chunk-*")) == [
         "chunk-00000000-00000003.safetensors", "chunk-00000003-00000006.safetensors"]
     counter = CountingCapture(monkeypatch)
-    res = pa.extract(tiny, convs, out, metadata=labels(11), **kw)
-    assert res.computed == list(range(6, 11)) and res.reused == 6
-    assert counter.chunks == [3, 2]  # only conversations 6..10 ran through the model
+    res = pa.extract(tiny, convs, out, metadata=labels(8), **kw)
+    assert res.computed == [6, 7] and res.reused == 6
+    assert counter.chunks == [2]  # only conversations 6 and 7 ran through the model
     assert torch.equal(res.activations.values, ref.activations.values)  # same chunks, same batches: bit-exact
     assert res.activations.items == ref.activations.items
     assert not X.partial_dir(out).exists()
     # done: a third call loads the file and computes nothing
     counter = CountingCapture(monkeypatch)
-    again = pa.extract(tiny, convs, out, metadata=labels(11), **kw)
-    assert counter.chunks == [] and again.computed == [] and again.reused == 11
+    again = pa.extract(tiny, convs, out, metadata=labels(8), **kw)
+    assert counter.chunks == [] and again.computed == [] and again.reused == 8
     assert torch.equal(again.activations.values, ref.activations.values)
 
 
@@ -222,6 +222,10 @@ def test_bad_arguments(tiny, tmp_path):
         pa.extract(tiny, conversations(2), tmp_path / "a.safetensors", metadata=[{}])
 
 
+# The killed process computes with as many threads as this one: CPU matmuls split their sums by thread count, so
+# chunks made with another count can differ from this process's in the last bit (about 1e-9 here).
+SAME_THREADS = {"OMP_NUM_THREADS": str(torch.get_num_threads()), "MKL_NUM_THREADS": str(torch.get_num_threads())}
+
 KILL_SCRIPT = """
 import sys, time
 sys.path.insert(0, {tests!r})
@@ -248,11 +252,11 @@ print("done", flush=True)
 def test_sigkill_then_resume(tiny, tmp_path, monkeypatch):
     """SIGKILL a real extraction process after a few checkpoints, resume it here: the result equals an
     uninterrupted run bit for bit, and no conversation of a finished chunk went through the model again."""
-    n, chunk = 40, 4
+    n, chunk = 24, 3
     out = tmp_path / "killed.safetensors"
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(KILL_SCRIPT.format(tests=str(TESTS), path=str(out), n=n, chunk=chunk)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]), **SAME_THREADS}
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     partial = X.partial_dir(out)
     try:
@@ -295,3 +299,67 @@ def test_sigkill_then_resume(tiny, tmp_path, monkeypatch):
     assert torch.equal(res.activations.values, ref.activations.values)
     assert res.activations.items == ref.activations.items
     assert torch.equal(pa.Activations.load(out).values, ref.activations.values)
+
+
+CLI_KILL_SCRIPT = """
+import sys, time
+from persona_axes import extraction as X
+from persona_axes.cli import main
+orig = X.capture
+def slow(*args, **kw):
+    out = orig(*args, **kw)
+    time.sleep(0.3)
+    return out
+X.capture = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_cli_extract_killed_then_resumed(tiny, tmp_path, capsys):
+    """The same through the command line: SIGKILL `persona-axes extract` after a few checkpoints, run it again,
+    and get what an uninterrupted run writes, with the finished rollouts reported as reused."""
+    from persona_axes import rollouts as R
+    from persona_axes.cli import main
+
+    model_dir = tmp_path / "tiny-llama"
+    tiny.model.save_pretrained(model_dir)
+    tiny.tokenizer.save_pretrained(model_dir)
+    runs = tmp_path / "runs"
+    reqs = R.default_requests(pa.load_default_prompts()[:4], pa.load_questions()[:6])  # 24 rollouts
+    R.run_rollouts(tiny, reqs, runs / "rollouts.jsonl", pa.SamplingConfig(max_new_tokens=4), progress=False)
+    out = tmp_path / "acts.safetensors"
+    argv = ["extract", "--model", str(model_dir), "--rollouts", str(runs), "--layers", "1:3", "--chunk-size", "3",
+            "--batch-size", "2", "--quiet"]
+    script = tmp_path / "cli.py"
+    script.write_text(CLI_KILL_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **SAME_THREADS}
+    proc = subprocess.Popen([sys.executable, str(script), *argv, "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    partial = X.partial_dir(out)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(list(partial.glob("chunk-*.safetensors"))) >= 2:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not out.exists()
+    n_done = 3 * len(list(partial.glob("chunk-*.safetensors")))
+    assert 6 <= n_done < 24
+
+    assert main([*argv, "--out", str(out)]) == 0
+    resumed = capsys.readouterr().out
+    assert f"({24 - n_done} computed now, {n_done} reused from an earlier run)" in resumed
+    assert not partial.exists()
+    assert main([*argv, "--out", str(tmp_path / "ref.safetensors")]) == 0
+    assert "(24 computed now, 0 reused" in capsys.readouterr().out
+    got, want = pa.Activations.load(out), pa.Activations.load(tmp_path / "ref.safetensors")
+    assert torch.equal(got.values, want.values) and got.items == want.items and got.layers == (1, 2)
+    assert main([*argv, "--out", str(out)]) == 0  # finished: nothing to compute
+    assert "(0 computed now, 24 reused" in capsys.readouterr().out
