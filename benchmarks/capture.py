@@ -1,6 +1,6 @@
 """Capture speed and memory on the embedded SmolLM2, as ratios measured side by side in one run.
 
-    .venv/bin/python benchmarks/capture.py [--samples 64] [--repeats 3] [--batch-size 16] [--json out.json]
+    .venv/bin/python benchmarks/capture.py [--samples 64] [--repeats 3] [--batch-size 16] [--device cpu] [--json out.json]
 
 Rows (time ratios are medians over repeats of paired ratios; runs are interleaved so machine noise hits all
 alike):
@@ -10,7 +10,8 @@ alike):
 - full forward with LM head / floor                (what capture avoids)
 - capture, one sample at a time / batched capture
 - tlens and nnsight backends / floor
-- peak RSS above the loaded model, in a fresh process each: floor vs capture of all layers.
+- peak memory above the loaded model, in a fresh process each: floor vs capture of all layers (peak RSS on the
+  CPU, ``torch.cuda.max_memory_allocated`` on CUDA).
 """
 
 from __future__ import annotations
@@ -65,27 +66,41 @@ def full_pass(loaded, batches) -> None:
             loaded.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
 
 
+def device_batches(loaded, rendered, batch_size):
+    dev = loaded.model.device
+    return [(ids.to(dev), mask.to(dev)) for _, ids, mask, _ in iter_batches(rendered, batch_size, "right", 0)]
+
+
 def timed(fn) -> float:
     t = time.perf_counter()
     fn()
+    if torch.cuda.is_available():  # time the work, not the launch
+        torch.cuda.synchronize()
     return time.perf_counter() - t
 
 
-def memory_probe(kind: str, n: int, batch_size: int) -> None:
-    """Run in a fresh process: peak RSS above the steady state after loading and one warm-up batch."""
-    loaded = pa.load_model()
+def memory_probe(kind: str, n: int, batch_size: int, device: str) -> None:
+    """Run in a fresh process: peak memory above the steady state after loading and one warm-up batch."""
+    loaded = pa.load_model(device=device)
     convs = make_conversations(n)
     rendered = render_all(loaded.tokenizer, convs, False)
-    batches = [(ids, mask) for _, ids, mask, _ in iter_batches(rendered, batch_size, "right", 0)]
+    batches = device_batches(loaded, rendered, batch_size)
     floor_pass(loaded, batches[:1])
-    with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
-        f.write("5")
-    base = _rss("VmRSS")
+    cuda = loaded.model.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 1024
+    else:
+        with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
+            f.write("5")
+        base = _rss("VmRSS")
     if kind == "floor":
         floor_pass(loaded, batches)
     else:
         pa.capture(loaded, rendered, batch_size=batch_size, progress=False)
-    print(json.dumps({"peak_mb": (_rss("VmHWM") - base) / 1024}))
+    peak = torch.cuda.max_memory_allocated() / 1024 if cuda else _rss("VmHWM")
+    print(json.dumps({"peak_mb": (peak - base) / 1024}))
 
 
 def _rss(field: str) -> int:
@@ -102,17 +117,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--backends", default="hf,tlens,nnsight")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default=None)
     ap.add_argument("--memory-probe", choices=["floor", "capture"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_probe:
-        return memory_probe(args.memory_probe, args.samples, args.batch_size)
+        return memory_probe(args.memory_probe, args.samples, args.batch_size, args.device)
 
-    loaded = pa.load_model()
+    loaded = pa.load_model(device=args.device)
     convs = make_conversations(args.samples)
     rendered = render_all(loaded.tokenizer, convs, False)
     n_tokens = sum(len(r) for r in rendered)
-    batches = [(ids, mask) for _, ids, mask, _ in iter_batches(rendered, args.batch_size, "right", 0)]
+    batches = device_batches(loaded, rendered, args.batch_size)
     backends = {k: pa.make_backend(loaded, k) for k in args.backends.split(",")}
     runs = {
         "floor": lambda: floor_pass(loaded, batches),
@@ -137,7 +153,8 @@ def main() -> None:
     mem = {}
     for kind in ("floor", "capture"):
         out = subprocess.run([sys.executable, __file__, "--memory-probe", kind, "--samples", str(args.samples),
-                              "--batch-size", str(args.batch_size)], capture_output=True, text=True, check=True)
+                              "--batch-size", str(args.batch_size), "--device", args.device],
+                             capture_output=True, text=True, check=True)
         mem[kind] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
 
     floor_s = statistics.median(times["floor"])
@@ -151,12 +168,14 @@ def main() -> None:
         if k != "hf":
             rows.append((f"capture {k} backend / floor", ratio(f"capture_all_{k}", "floor"), "close to 1"))
     print(f"\nSmolLM2-135M-Instruct, {args.samples} chats, {n_tokens} tokens, batch {args.batch_size}, "
-          f"{args.repeats} interleaved repeats, torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"{args.repeats} interleaved repeats, torch {torch.__version__}, "
+          + (torch.cuda.get_device_name(loaded.model.device) if loaded.model.device.type == "cuda"
+             else f"{torch.get_num_threads()} threads"))
     print(f"floor (decoder body, no head): median {floor_s:.2f} s = {n_tokens / floor_s:.0f} tokens/s\n")
     print(f"{'measurement':<40} {'ratio':>7}  target")
     for name, r, target in rows:
         print(f"{name:<40} {r:>7.3f}  {target}")
-    print(f"\n{'peak RSS above loaded model':<40} {'MB':>7}")
+    print(f"\n{'peak memory above loaded model':<40} {'MB':>7}")
     print(f"{'floor forward':<40} {mem['floor']:>7.1f}")
     print(f"{'capture, all layers':<40} {mem['capture']:>7.1f}")
     print(f"{'capture / floor':<40} {mem['capture'] / max(mem['floor'], 1e-9):>7.2f}")
