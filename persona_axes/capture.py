@@ -88,7 +88,9 @@ def check_metadata(metadata: Sequence[Mapping[str, Any]] | None, n: int) -> None
     if metadata is None:
         return
     if isinstance(metadata, (str, bytes, Mapping)) or not isinstance(metadata, Sequence):
-        raise InvalidInputError(f"metadata must be a list of dicts (one per conversation), got {type(metadata).__name__}")
+        raise InvalidInputError(
+            f"metadata must be a list of dicts (one per conversation), got {type(metadata).__name__}"
+        )
     if len(metadata) != n:
         raise InvalidInputError(f"{len(metadata)} metadata dicts for {n} conversations")
     for i, m in enumerate(metadata):

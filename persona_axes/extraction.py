@@ -88,7 +88,7 @@ def extract(
 
     Returns an :class:`Extraction`; its ``activations`` are ``[n_items, n_layers, d]`` at the output of decoder
     blocks ``layers`` (0-based), exactly as ``Activations.load(path)`` gives them. ``chunk_size`` conversations are
-    computed between checkpoints. ``restart=True`` discards any checkpoint and finished file first.
+    computed between checkpoints. ``restart=True`` discards any checkpoint and does not reuse a finished file.
     """
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise InvalidInputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
@@ -114,8 +114,8 @@ def extract(
             if partial.exists():  # killed after writing the result but before cleaning up
                 with _locked(path):
                     shutil.rmtree(partial, ignore_errors=True)
-            acts = _labelled(done, items, fp)
-            if json.loads(json.dumps(acts.items)) != done.items:  # new labels (e.g. new judge scores) for the same values
+            acts = _labelled(done, items, fp, run)
+            if json.loads(json.dumps(acts.items)) != done.items:  # new labels (new judge scores, say), same values
                 acts.save(path)
             return Extraction(acts, path, computed=[], reused=n, fingerprint=fp)
 
@@ -142,8 +142,7 @@ def extract(
             bar.close()
         chunks.sort(key=lambda c: c[0])
         joined = Activations.concat([c[2] for c in chunks])
-        acts = _labelled(joined, items, fp)
-        acts.extra[RUN_KEY] = json.dumps(run, sort_keys=True)
+        acts = _labelled(joined, items, fp, run)
         acts.save(path)
         shutil.rmtree(partial, ignore_errors=True)
     return Extraction(acts, path, computed=computed, reused=reused, fingerprint=fp)
@@ -167,11 +166,11 @@ def _fingerprint(run: dict[str, Any], rendered: Sequence[RenderedChat]) -> str:
     return h.hexdigest()
 
 
-def _labelled(acts: Activations, items: list[dict[str, Any]], fp: str) -> Activations:
-    """``acts`` with this call's item metadata and the fingerprint (and nothing else) as extra metadata."""
+def _labelled(acts: Activations, items: list[dict[str, Any]], fp: str, run: dict[str, Any]) -> Activations:
+    """``acts`` with this call's item metadata, and the fingerprint and run summary as extra metadata."""
     return Activations(values=acts.values, layers=acts.layers, items=[dict(it) for it in items], model=acts.model,
-                       reduction=acts.reduction, extra={FINGERPRINT_KEY: fp, **{
-                           k: v for k, v in acts.extra.items() if k == RUN_KEY}})
+                       reduction=acts.reduction,
+                       extra={FINGERPRINT_KEY: fp, RUN_KEY: json.dumps(run, sort_keys=True)})
 
 
 def _load_finished(path: Path, fp: str, be: Backend) -> Activations | None:
