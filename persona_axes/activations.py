@@ -16,6 +16,28 @@ from .io import json_meta, load_tensors, parse_json_meta, save_tensors
 
 KIND = "activations"
 
+#: Rows per step when scanning or averaging a whole ``[n_items, ...]`` tensor, so the temporaries (``isfinite``
+#: allocates about 1.7x its input; a float64 cast 2x) stay a few MB whatever the number of items.
+ROW_CHUNK = 64
+
+
+def nonfinite_rows(values: torch.Tensor) -> list[int]:
+    """Indices of the rows of ``values [n, ...]`` that hold a NaN or an infinity, scanned ``ROW_CHUNK`` rows at a
+    time."""
+    bad: list[int] = []
+    for start in range(0, values.shape[0], ROW_CHUNK):
+        chunk = values[start : start + ROW_CHUNK]
+        bad += (start + (~torch.isfinite(chunk)).flatten(1).any(1).nonzero().flatten()).tolist()
+    return bad
+
+
+def mean64(values: torch.Tensor) -> torch.Tensor:
+    """Mean over the first axis of ``values [n, ...]`` accumulated in float64, ``ROW_CHUNK`` rows at a time."""
+    total = torch.zeros(values.shape[1:], dtype=torch.float64)
+    for start in range(0, values.shape[0], ROW_CHUNK):
+        total += values[start : start + ROW_CHUNK].sum(0, dtype=torch.float64)
+    return total / values.shape[0]
+
 
 @dataclass
 class Activations:

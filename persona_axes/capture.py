@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from .activations import Activations
+from .activations import Activations, nonfinite_rows
 from .backends.base import Backend, as_backend
 from .chat import MessageSpan, RenderedChat, render_chat
 from .errors import ConversationError, InvalidInputError, PersonaAxesError, SpanError
@@ -209,8 +209,8 @@ def capture(
             bar.update(len(targets))
     finally:
         bar.close()
-    if not torch.isfinite(values).all():
-        bad = (~torch.isfinite(values)).any(-1).any(-1).nonzero().flatten().tolist()[:5]
+    bad = nonfinite_rows(values)[:5]
+    if bad:
         raise InvalidInputError(
             f"captured activations contain NaN/inf (first items: {bad}); the model produced non-finite hidden states "
             "(try float32 instead of float16)"

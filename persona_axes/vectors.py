@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .activations import Activations, model_info
+from .activations import Activations, mean64, model_info, nonfinite_rows
 from .backends.base import ModelInfo
 from .errors import FileFormatError, InvalidInputError, LayerOutOfRangeError
 from .io import json_meta, load_tensors, parse_json_meta, save_tensors
@@ -415,7 +415,7 @@ def _all_layers(acts: Activations, what: str) -> torch.Tensor:
     v = acts.values
     if list(acts.layers) != list(range(n_layers)):
         v = v[:, [acts.layers.index(L) for L in range(n_layers)]]
-    bad = int((~torch.isfinite(v)).flatten(1).any(1).sum())
+    bad = len(nonfinite_rows(v))
     if bad:
         raise InvalidInputError(
             f"{what} hold NaN or infinite values in {bad} of {len(acts)} rows; drop those items (e.g. with "
@@ -432,7 +432,7 @@ def _pair(pos: Activations, neg: Activations) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _mean_diff64(p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    return p.mean(0, dtype=torch.float64) - n.mean(0, dtype=torch.float64)
+    return mean64(p) - mean64(n)
 
 
 def _orient_and_scale(u: torch.Tensor, md: torch.Tensor) -> torch.Tensor:
@@ -541,7 +541,7 @@ def trait_vector(pos: Activations, neg: Activations, method: str = "mean_diff", 
 def mean_vector(acts: Activations, name: str, method: str = "default_mean") -> PersonaVector:
     """The mean activation over all items at every layer, e.g. the default Assistant's (``method="default_mean"``)."""
     v = _all_layers(acts, f"the activations for {name!r}")
-    return PersonaVector(vector=v.mean(0, dtype=torch.float64).to(torch.float32), model=acts.model, name=name,
+    return PersonaVector(vector=mean64(v).to(torch.float32), model=acts.model, name=name,
                          method=method, n_samples=v.shape[0])
 
 
