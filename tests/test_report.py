@@ -104,3 +104,11 @@ def test_demo_runs_the_pipeline_and_writes_the_report(smollm, capsys, tmp_path):
     assert rc == 0, err
     assert json.loads((out / "summary.json").read_text())["rollouts_generated_this_run"] == 0
     assert "Steering along" not in (out / "report.html").read_text()
+    # the pipeline subcommand on the same folder resumes too, and publishes the vectors with a README
+    rc, text, err = run(capsys, "pipeline", "--preset", "smoke", "--judge", "none", "--out", out, "--quiet",
+                        "--publish", tmp_path / "pub")
+    assert rc == 0, err
+    assert json.loads((out / "summary.json").read_text())["rollouts_generated_this_run"] == 0
+    axis = pa.PersonaVector.load(tmp_path / "pub" / "assistant_axis.safetensors", model=smollm)
+    assert torch.equal(axis.vector, pa.PersonaVector.load(out / "vectors" / "assistant_axis.safetensors").vector)
+    assert "## The Assistant Axis and PC1" in (tmp_path / "pub" / "README.md").read_text()
