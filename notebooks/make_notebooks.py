@@ -41,7 +41,9 @@ import persona_axes as pa
 from persona_axes import plots
 
 T0 = time.time()
-torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))  # a small model: more threads rarely help on a CPU
+# A 135M model decoding a few short replies is bound by per-token overhead, not arithmetic: one thread is about as
+# fast as several on a quiet CPU, and several times faster on a busy, shared one. Override with the variable.
+torch.set_num_threads(int(os.environ.get("PERSONA_AXES_NOTEBOOK_THREADS", "1")))
 pd.set_option("display.max_colwidth", 120)
 
 
