@@ -30,7 +30,7 @@ norms), so ``coef=1`` moves by one typical residual norm; ``unit="unit"`` normal
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 

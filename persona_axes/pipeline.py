@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from .activations import Activations
 from .backends.base import as_backend
@@ -273,7 +272,7 @@ def _readme(s: dict[str, Any], command: str) -> str:
         "",
         f"- Command: `{command or 'persona-axes pipeline --preset ' + p['name'] + ' --out runs/smollm2-quick'}`",
         f"- Preset `{p['name']}`: {p['description']}",
-        f"- Rollouts: " + ", ".join(f"{n} {k}" for k, n in s["n_rollouts"].items())
+        "- Rollouts: " + ", ".join(f"{n} {k}" for k, n in s["n_rollouts"].items())
         + f" ({'greedy' if p['temperature'] == 0 else 'temperature ' + str(p['temperature'])}, "
         f"{p['max_new_tokens']} new tokens)",
         f"- Judge: `{s['judge']}`; a role reply is kept when scored >= 2 of 3 (at least partly in character).",

@@ -26,3 +26,27 @@ def conversations(n: int = 7):
             conv.append({"role": "assistant", "content": "Arr, matey! " * (1 + (i * 3 + t) % 5) + "The treasure lies beyond."})
         out.append(conv)
     return out
+
+
+def sigkill_when(argv, ready, *, env, timeout: float = 120.0, poll: float = 0.02):
+    """Start ``argv`` as a subprocess, SIGKILL it as soon as ``ready()`` is true, and return it (killed).
+
+    Fails the test with the process's stderr if it exits on its own before it was ready to be killed."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None and not ready():
+            time.sleep(poll)
+        assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    return proc

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +16,7 @@ import torch
 import persona_axes as pa
 from persona_axes import extraction as X
 from persona_axes.errors import FileFormatError, InvalidInputError, StaleCheckpointError
-from helpers import conversations
+from helpers import conversations, sigkill_when
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -257,22 +254,9 @@ def test_sigkill_then_resume(tiny, tmp_path, monkeypatch):
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(KILL_SCRIPT.format(tests=str(TESTS), path=str(out), n=n, chunk=chunk)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]), **SAME_THREADS}
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     partial = X.partial_dir(out)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len(list(partial.glob("chunk-*.safetensors"))) >= 3:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL and not out.exists()
+    sigkill_when([sys.executable, str(script)], lambda: len(list(partial.glob("chunk-*.safetensors"))) >= 3, env=env)
+    assert not out.exists()
     finished = set()
     for p in partial.glob("chunk-*.safetensors"):
         a, b = (int(x) for x in p.stem.split("-")[1:])
@@ -333,23 +317,10 @@ def test_cli_extract_killed_then_resumed(tiny, tmp_path, capsys):
     script = tmp_path / "cli.py"
     script.write_text(CLI_KILL_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(ROOT), **SAME_THREADS}
-    proc = subprocess.Popen([sys.executable, str(script), *argv, "--out", str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
     partial = X.partial_dir(out)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len(list(partial.glob("chunk-*.safetensors"))) >= 2:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL and not out.exists()
+    sigkill_when([sys.executable, str(script), *argv, "--out", str(out)],
+                 lambda: len(list(partial.glob("chunk-*.safetensors"))) >= 2, env=env)
+    assert not out.exists()
     n_done = 3 * len(list(partial.glob("chunk-*.safetensors")))
     assert 6 <= n_done < 24
 

@@ -6,11 +6,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 import warnings
 from pathlib import Path
 
@@ -21,6 +18,8 @@ from persona_axes.datasets import load_default_prompts, load_questions, load_rol
 from persona_axes.errors import FileFormatError, InvalidInputError
 from persona_axes.generation import SamplingConfig
 from persona_axes.judge import RoleScore, TraitScore
+
+from helpers import sigkill_when
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -284,21 +283,8 @@ def test_sigkill_then_resume(tiny, tmp_path, monkeypatch, temperature):
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(code))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if path.exists() and path.read_bytes().count(b"\n") >= 4:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_when([sys.executable, str(script)], lambda: path.exists() and path.read_bytes().count(b"\n") >= 4,
+                 env=env, poll=0.05)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a kill during a write may leave a truncated line (dropped, warned)
         written = R.RolloutStore(path).completed_ids()
