@@ -44,6 +44,14 @@ class CountingCapture:
         return REAL_CAPTURE(be, convs, **kw)
 
 
+def crash_after(monkeypatch, chunks: int, *args, **kw) -> None:
+    """Run ``pa.extract(*args, **kw)`` until it crashes after ``chunks`` chunks; then restore the real capture."""
+    CountingCapture(monkeypatch, fail_after=chunks)
+    with pytest.raises(Interrupted):
+        pa.extract(*args, **kw)
+    monkeypatch.setattr(X, "capture", REAL_CAPTURE)
+
+
 def labels(n):
     return [{"label": f"c{i}"} for i in range(n)]
 
@@ -153,10 +161,7 @@ def test_checkpoint_of_another_run_is_refused(tiny, tmp_path, monkeypatch, chang
 def test_checkpoint_of_another_model_is_refused(tiny, tmp_path, monkeypatch):
     convs = conversations(4)
     out = tmp_path / "a.safetensors"
-    CountingCapture(monkeypatch, fail_after=1)
-    with pytest.raises(Interrupted):
-        pa.extract(tiny, convs, out, chunk_size=2, progress=False)
-    monkeypatch.setattr(X, "capture", REAL_CAPTURE)
+    crash_after(monkeypatch, 1, tiny, convs, out, chunk_size=2, progress=False)
     renamed = pa.LoadedModel(model=tiny.model, tokenizer=tiny.tokenizer, name="other-model", layers=tiny.layers)
     with pytest.raises(StaleCheckpointError, match="another model.*other-model"):
         pa.extract(renamed, convs, out, chunk_size=2, progress=False)
@@ -165,10 +170,7 @@ def test_checkpoint_of_another_model_is_refused(tiny, tmp_path, monkeypatch):
 def test_damaged_checkpoint_is_refused_never_loaded(tiny, tmp_path, monkeypatch):
     convs = conversations(6)
     out = tmp_path / "a.safetensors"
-    CountingCapture(monkeypatch, fail_after=2)
-    with pytest.raises(Interrupted):
-        pa.extract(tiny, convs, out, chunk_size=2, progress=False)
-    monkeypatch.setattr(X, "capture", REAL_CAPTURE)
+    crash_after(monkeypatch, 2, tiny, convs, out, chunk_size=2, progress=False)
     chunk = sorted(X.partial_dir(out).glob("chunk-*"))[1]
     data = chunk.read_bytes()
     chunk.write_bytes(data[: len(data) - 100])  # truncated
