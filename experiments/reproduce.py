@@ -139,7 +139,7 @@ def run(cfg: ExperimentConfig, out: Path, *, progress: bool = True) -> dict[str,
                               reference=default_acts, max_new_tokens=cfg.reply_tokens)
     check = capping_check(loaded, res.axis, cap, layer, cfg.reply_tokens)
     notes = {"experiment config": cfg.name, "about": cfg.about}
-    report = write_report(res, out / "report.html", layer=layer, steering=steering, notes=notes,
+    report = write_report(res, out / "report.html", layer=cfg.target_layer, steering=steering, notes=notes,
                           title=f"Assistant Axis reproduction: {cfg.name}",
                           sections=[("Activation capping under role-play pressure", _capping_html(check, cap))])
     result = {"config": asdict(cfg), "target_layer": layer, "summary_file": str(out / "summary.json"),
