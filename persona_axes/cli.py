@@ -38,7 +38,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           f"{preset.name}: {n} rollouts of up to {preset.max_new_tokens} tokens, judge {args.judge}; "
           f"writing to {args.out} (re-run the same command to resume)")
     if preset.name == "quick":
-        print("  the quick preset takes about 20-25 minutes on a 2-core CPU; --preset smoke tries the whole "
+        print("  the quick preset takes about 4 minutes on 2 idle CPU cores (far longer when they are shared); "
+              "--preset smoke tries the whole "
               "pipeline in about a minute")
     cfg = PipelineConfig(preset=preset, judge=args.judge, seed=args.seed)
     res = run_pipeline(loaded, args.out, cfg, progress=not args.quiet)
