@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from .activations import Activations
 from .backends.base import as_backend
 from .datasets import load_roles, load_traits

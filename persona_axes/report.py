@@ -103,11 +103,26 @@ def report_layer(result: PipelineResult, layer: int | None = None) -> int:
     return chosen
 
 
+def _per_layer(s: Mapping[str, Any]) -> list[tuple[int, float, float, float | None, float | None]]:
+    """``(layer, cos(axis, PC1), PC1 explained variance, AUROC, Cohen's d)`` for every layer of a run's summary
+    (AUROC and d are ``None`` for layers the sweep did not cover)."""
+    sweep = {r["layer"]: r for r in s["layer_sweep"]}
+    return [(k, c, ev, sweep.get(k, {}).get("auroc"), sweep.get(k, {}).get("cohens_d"))
+            for k, (c, ev) in enumerate(zip(s["pc1_cosine_by_layer"], s["pc1_explained_variance_by_layer"]))]
+
+
+def _pc1_ranking(result: PipelineResult, layer: int) -> tuple[float, list[tuple[str, float]]]:
+    """The default Assistant's PC1 coordinate at ``layer`` and every role's, most assistant-like first."""
+    j = result.space.layers_.index(layer)
+    loadings = result.space.loadings_[:, j, 0].tolist()
+    ranked = sorted(zip(result.space.role_names_, loadings), key=lambda kv: -kv[1])
+    return float(result.space.default_loadings_[j, 0]), ranked
+
+
 def text_summary(result: PipelineResult, *, layer: int | None = None) -> str:
     """The run's persona-space numbers as a few lines of plain text (what the CLI prints)."""
     s = result.summary
     L = report_layer(result, layer)
-    j = result.space.layers_.index(L)
     lines = [
         f"{s['model']}: {sum(s['n_rollouts'].values())} rollouts ({', '.join(f'{n} {k}' for k, n in s['n_rollouts'].items())}), "
         f"judge {s['judge']}, role acceptance {s['role_acceptance_rate']:.0%}, {len(s['roles_kept'])} roles kept",
@@ -116,16 +131,13 @@ def text_summary(result: PipelineResult, *, layer: int | None = None) -> str:
         "",
         f"{'layer':>5}  {'cos(axis,PC1)':>13}  {'PC1 var':>7}  {'AUROC':>6}  {'d':>5}",
     ]
-    sweep = {r["layer"]: r for r in s["layer_sweep"]}
-    for k, (c, ev) in enumerate(zip(s["pc1_cosine_by_layer"], s["pc1_explained_variance_by_layer"])):
-        r = sweep.get(k, {})
+    nan = float("nan")
+    for k, c, ev, auc, d in _per_layer(s):
         mark = "  <" if k == L else ""
-        lines.append(f"{k:>5}  {c:>+13.3f}  {ev:>7.3f}  {r.get('auroc', float('nan')):>6.3f}  "
-                     f"{r.get('cohens_d', float('nan')):>5.2f}{mark}")
-    loadings = result.space.loadings_[:, j, 0]
-    ranked = sorted(zip(result.space.role_names_, loadings.tolist()), key=lambda kv: -kv[1])
-    lines += ["", f"PC1 at layer {L} (positive = towards the Assistant): default Assistant "
-                  f"{float(result.space.default_loadings_[j, 0]):+.2f}",
+        lines.append(f"{k:>5}  {c:>+13.3f}  {ev:>7.3f}  {nan if auc is None else auc:>6.3f}  "
+                     f"{nan if d is None else d:>5.2f}{mark}")
+    default_pc1, ranked = _pc1_ranking(result, L)
+    lines += ["", f"PC1 at layer {L} (positive = towards the Assistant): default Assistant {default_pc1:+.2f}",
               "  most assistant-like:  " + ", ".join(f"{n} {v:+.1f}" for n, v in ranked[:5]),
               "  least assistant-like: " + ", ".join(f"{n} {v:+.1f}" for n, v in ranked[-5:])]
     return "\n".join(lines)
@@ -206,26 +218,20 @@ def pipeline_report(result: PipelineResult, *, layer: int | None = None,
         div = fig.to_html(full_html=False, include_plotlyjs=(k == 0), default_height="520px")
         parts.append(f"<h2>{_esc(heading)}</h2><p>{_esc(caption)}</p>{div}")
 
-    sweep = {r["layer"]: r for r in s["layer_sweep"]}
-    rows = []
-    for k, (c, ev) in enumerate(zip(s["pc1_cosine_by_layer"], s["pc1_explained_variance_by_layer"])):
-        r = sweep.get(k, {})
-        rows.append((k, f"{c:+.3f}", f"{ev:.3f}", f"{r['auroc']:.3f}" if "auroc" in r else "",
-                     f"{r['cohens_d']:.2f}" if "cohens_d" in r else ""))
+    rows = [(k, f"{c:+.3f}", f"{ev:.3f}", "" if auc is None else f"{auc:.3f}", "" if d is None else f"{d:.2f}")
+            for k, c, ev, auc, d in _per_layer(s)]
     parts.append("<h2>Per layer</h2>" + html_table(("layer", "cos(axis, PC1)", "PC1 explained variance", "AUROC",
                                                "Cohen's d"), rows, highlight=L))
 
-    j = result.space.layers_.index(L)
-    loadings = result.space.loadings_[:, j, 0].tolist()
-    ranked = sorted(zip(result.space.role_names_, loadings), key=lambda kv: -kv[1])
-    fam = result.roles.families if hasattr(result.roles, "families") else {}
+    default_pc1, ranked = _pc1_ranking(result, L)
+    fam = result.roles.families
     fam_means: dict[str, list[float]] = {}
     for n, v in ranked:
         fam_means.setdefault(fam.get(n, "(no family)"), []).append(v)
     fam_rows = [(f, f"{sum(v) / len(v):+.2f}", len(v)) for f, v in
                 sorted(fam_means.items(), key=lambda kv: -sum(kv[1]) / len(kv[1]))]
     parts.append(f"<h2>Where roles fall on PC1 at layer {L}</h2><p>Default Assistant: "
-                 f"<b>{float(result.space.default_loadings_[j, 0]):+.2f}</b></p>"
+                 f"<b>{default_pc1:+.2f}</b></p>"
                  + html_table(("family", "mean PC1", "roles"), fam_rows, left=1)
                  + html_table(("role", "family", "PC1"), [(n, fam.get(n, ""), f"{v:+.2f}") for n, v in ranked], left=2))
 
