@@ -96,26 +96,40 @@ def capping_check(loaded, axis, cap, layer: int, reply_tokens: int) -> dict[str,
     unit = axis.unit(layer)
 
     def projections(replies):
-        done = [c + [{"role": "assistant", "content": r or "..."}] for c, r in zip(convs, replies)]
-        acts = pa.capture(loaded, done, layers=[layer], progress=False)
-        return (acts.at(layer) @ unit).tolist()
+        """Projection of each reply; None for an empty one (no tokens to average), left out of the means, as the
+        pipeline leaves out empty rollouts."""
+        kept = [i for i, r in enumerate(replies) if r.strip()]
+        done = [convs[i] + [{"role": "assistant", "content": replies[i]}] for i in kept]
+        values = (pa.capture(loaded, done, layers=[layer], progress=False).at(layer) @ unit).tolist() if kept else []
+        out: list[float | None] = [None] * len(replies)
+        for i, v in zip(kept, values):
+            out[i] = v
+        return out
+
+    def mean(values):
+        vals = [v for v in values if v is not None]
+        return sum(vals) / len(vals) if vals else None
 
     p_plain, p_capped = projections(plain), projections(capped)
     floor = cap.thresholds.get(layer)
     return {"layer": layer, "floor_at_layer": floor, "prompts": PRESSURE,
             "uncapped": [{"reply": r, "projection": p} for r, p in zip(plain, p_plain)],
             "capped": [{"reply": r, "projection": p} for r, p in zip(capped, p_capped)],
-            "mean_uncapped": sum(p_plain) / len(p_plain), "mean_capped": sum(p_capped) / len(p_capped)}
+            "mean_uncapped": mean(p_plain), "mean_capped": mean(p_capped)}
+
+
+def _signed(x: float | None, none: str = "(empty reply)") -> str:
+    return none if x is None else f"{x:+.2f}"
 
 
 def _capping_html(check: dict[str, Any], cap) -> str:
-    rows = [(i, f"{u['projection']:+.2f}", f"{c['projection']:+.2f}", u["reply"][:160], c["reply"][:160])
+    rows = [(i, _signed(u["projection"]), _signed(c["projection"]), u["reply"][:160], c["reply"][:160])
             for i, (u, c) in enumerate(zip(check["uncapped"], check["capped"]))]
     floor = check["floor_at_layer"]
     return (f"<p>Cap: a {cap.kind} at the {cap.percentile:g}th percentile of default-assistant projections over "
             f"layers {cap.layers}. Replies to role-play pressure, projected onto the unit axis at layer "
             f"{check['layer']}{'' if floor is None else f' (floor there: {floor:+.2f})'}: mean "
-            f"{check['mean_uncapped']:+.2f} uncapped, {check['mean_capped']:+.2f} capped.</p>"
+            f"{_signed(check['mean_uncapped'], 'n/a')} uncapped, {_signed(check['mean_capped'], 'n/a')} capped.</p>"
             + html_table(("prompt", "uncapped", "capped", "uncapped reply", "capped reply"), rows, left=0))
 
 
@@ -155,7 +169,7 @@ def run(cfg: ExperimentConfig, out: Path, *, progress: bool = True) -> dict[str,
     for s in steering:
         print(f"  {s.coef:+.1f}: {s.reply[:120]}")
     print(f"\ncapping under role-play pressure, mean projection at layer {layer}: uncapped "
-          f"{check['mean_uncapped']:+.2f}, capped {check['mean_capped']:+.2f}")
+          f"{_signed(check['mean_uncapped'], 'n/a')}, capped {_signed(check['mean_capped'], 'n/a')}")
     print(f"\nwrote {report} and {out / 'experiment.json'} in {result['seconds'] / 60:.1f} min")
     return result
 

@@ -74,3 +74,31 @@ def test_reproduce_end_to_end_on_smollm(smollm, tmp_path, capsys):
     cfg.write_text(json.dumps({"name": "smoke-test", "preset": "smoke", "judge": "none", "target_layer": 30}))
     assert _reproduce().main([str(cfg), "--out", str(out), "--quiet"]) == 2
     assert "target_layer 30 is out of range" in capsys.readouterr().err
+
+
+def test_capping_check_leaves_empty_replies_out(tiny, monkeypatch):
+    """An empty reply has no tokens to average: its projection is None and the mean is over the others, each equal
+    to an independent capture of that reply."""
+    import torch
+
+    import persona_axes as pa
+    from helpers import conversations
+
+    mod = _reproduce()
+    torch.manual_seed(0)
+    axis = pa.PersonaVector(vector=torch.randn(4, 64), model=pa.ModelInfo("tiny-llama", 4, 64), name="axis",
+                          method="test")
+    ref = pa.capture(tiny, conversations(4), progress=False)
+    cap = pa.calibrate_cap(axis, ref, [1, 2], percentile=25)
+    replies = iter([["", "Arr, matey!", "The treasure lies beyond.", "Hello there!"]] * 2)
+    monkeypatch.setattr(pa, "generate_replies", lambda *a, **k: next(replies))
+    check = mod.capping_check(tiny, axis, cap, 2, reply_tokens=4)
+    got = [r["projection"] for r in check["uncapped"]]
+    assert got[0] is None and all(isinstance(p, float) for p in got[1:])
+    for prompt, reply, p in zip(mod.PRESSURE[1:], ["Arr, matey!", "The treasure lies beyond.", "Hello there!"],
+                                got[1:]):
+        conv = [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+        alone = pa.capture(tiny, [conv], layers=[2], progress=False).at(2)[0] @ axis.unit(2)
+        assert p == pytest.approx(float(alone), abs=1e-4)
+    assert check["mean_uncapped"] == pytest.approx(sum(got[1:]) / 3)
+    assert "(empty reply)" in mod._capping_html(check, cap)
