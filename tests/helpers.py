@@ -50,3 +50,27 @@ def sigkill_when(argv, ready, *, env, timeout: float = 120.0, poll: float = 0.02
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
     return proc
+
+
+def tiny_loaded():
+    """The ``tiny`` fixture's model, built outside pytest (for scripts that tests run in a subprocess)."""
+    from conftest import CHATML, _make_tokenizer
+    from persona_axes.models import LoadedModel, find_layers
+
+    tok = _make_tokenizer(CHATML)
+    m = make_tiny_llama(len(tok))
+    return LoadedModel(model=m, tokenizer=tok, name="tiny-llama", layers=find_layers(m))
+
+
+def slow_down(owner, name: str, seconds: float) -> None:
+    """Make every call of ``owner.name`` sleep ``seconds`` after it returns, so a test can kill a process mid-way."""
+    import time
+
+    real = getattr(owner, name)
+
+    def slow(*args, **kwargs):
+        out = real(*args, **kwargs)
+        time.sleep(seconds)
+        return out
+
+    setattr(owner, name, slow)

@@ -226,22 +226,13 @@ def test_bad_arguments(tiny, tmp_path):
 SAME_THREADS = {"OMP_NUM_THREADS": str(torch.get_num_threads()), "MKL_NUM_THREADS": str(torch.get_num_threads())}
 
 KILL_SCRIPT = """
-import sys, time
+import sys
 sys.path.insert(0, {tests!r})
-from conftest import CHATML, _make_tokenizer
-from helpers import make_tiny_llama, conversations
+from helpers import conversations, slow_down, tiny_loaded
 from persona_axes import extraction as X
-from persona_axes.models import LoadedModel, find_layers
 
-tok = _make_tokenizer(CHATML)
-m = make_tiny_llama(len(tok))
-loaded = LoadedModel(model=m, tokenizer=tok, name="tiny-llama", layers=find_layers(m))
-orig = X.capture
-def slow(*args, **kw):
-    out = orig(*args, **kw)
-    time.sleep(0.3)
-    return out
-X.capture = slow
+loaded = tiny_loaded()
+slow_down(X, "capture", 0.3)
 print("start", flush=True)
 X.extract(loaded, conversations({n}), {path!r}, layers=[1, 3], chunk_size={chunk}, batch_size=3, progress=False)
 print("done", flush=True)
@@ -288,15 +279,11 @@ def test_sigkill_then_resume(tiny, tmp_path, monkeypatch):
 
 
 CLI_KILL_SCRIPT = """
-import sys, time
+import sys
+from helpers import slow_down
 from persona_axes import extraction as X
 from persona_axes.cli import main
-orig = X.capture
-def slow(*args, **kw):
-    out = orig(*args, **kw)
-    time.sleep(0.3)
-    return out
-X.capture = slow
+slow_down(X, "capture", 0.3)
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -318,7 +305,7 @@ def test_cli_extract_killed_then_resumed(tiny, tmp_path, capsys):
             "--batch-size", "2", "--quiet"]
     script = tmp_path / "cli.py"
     script.write_text(CLI_KILL_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **SAME_THREADS}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]), **SAME_THREADS}
     partial = X.partial_dir(out)
     sigkill_when([sys.executable, str(script), *argv, "--out", str(out)],
                  lambda: len(list(partial.glob("chunk-*.safetensors"))) >= 2, env=env)

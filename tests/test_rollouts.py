@@ -246,23 +246,14 @@ def test_resume_generates_only_missing_ids(tiny, tmp_path, monkeypatch):
 
 
 KILL_SCRIPT = """
-import sys, time
+import sys
 sys.path.insert(0, {tests!r})
-from conftest import CHATML, _make_tokenizer
-from helpers import make_tiny_llama
+from helpers import slow_down, tiny_loaded
 from persona_axes import rollouts as R
 from persona_axes.generation import SamplingConfig
-from persona_axes.models import LoadedModel, find_layers
 
-tok = _make_tokenizer(CHATML)
-m = make_tiny_llama(len(tok))
-loaded = LoadedModel(model=m, tokenizer=tok, name="tiny-llama", layers=find_layers(m))
-orig = R._generate_batch
-def slow(*args):
-    out = orig(*args)
-    time.sleep(0.4)
-    return out
-R._generate_batch = slow
+loaded = tiny_loaded()
+slow_down(R, "_generate_batch", 0.4)
 from test_rollouts import small_requests
 reqs = small_requests(2, 2)
 print("start", flush=True)
