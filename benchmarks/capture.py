@@ -29,6 +29,7 @@ import torch
 import persona_axes as pa
 from persona_axes.backends.base import position_ids_from_mask
 from persona_axes.capture import iter_batches, render_all
+from procmem import proc_status_kb
 
 SUBJECTS = ["friendship", "the ocean", "learning to cook", "old maps", "rainy mornings", "chess openings",
             "city gardens", "learning a language", "night trains", "honest feedback", "saving money", "bees"]
@@ -94,21 +95,15 @@ def memory_probe(kind: str, n: int, batch_size: int, device: str) -> None:
     else:
         with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
             f.write("5")
-        base = _rss("VmRSS")
+        base = proc_status_kb("VmRSS")
     if kind == "floor":
         floor_pass(loaded, batches)
     else:
         pa.capture(loaded, rendered, batch_size=batch_size, progress=False)
-    peak = torch.cuda.max_memory_allocated() / 1024 if cuda else _rss("VmHWM")
+    peak = torch.cuda.max_memory_allocated() / 1024 if cuda else proc_status_kb("VmHWM")
     print(json.dumps({"peak_mb": (peak - base) / 1024}))
 
 
-def _rss(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(field)
 
 
 def main() -> None:

@@ -69,6 +69,7 @@ import persona_axes as pa  # noqa: E402
 from persona_axes.backends.base import position_ids_from_mask
 from persona_axes.capture import iter_batches
 from persona_axes.chat import RenderedChat
+from procmem import proc_status_kb
 
 INSTALL = ".venv/bin/python -m pip install --no-deps steering-vectors==0.12.2 repeng==0.4.0"
 N_LAYERS = 30
@@ -287,12 +288,6 @@ def repeng_arithmetic_on_ours(loaded, pos, neg, batch_size) -> dict[int, torch.T
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(field)
 
 
 def reset_peak(device: torch.device) -> int:
@@ -303,12 +298,12 @@ def reset_peak(device: torch.device) -> int:
         return torch.cuda.memory_allocated(device)
     with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM to the current RSS
         f.write("5")
-    return _status("VmRSS") * 1024
+    return proc_status_kb("VmRSS") * 1024
 
 
 def peak_since(base: int, device: torch.device) -> float:
     """MB above ``base`` at the peak."""
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _status("VmHWM") * 1024
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else proc_status_kb("VmHWM") * 1024
     return (peak - base) / 2**20
 
 
