@@ -27,8 +27,8 @@ import time
 import torch
 
 import persona_axes as pa
-from persona_axes.backends.base import position_ids_from_mask
-from persona_axes.capture import iter_batches, render_all
+from persona_axes.activations.readers.base import position_ids_from_mask
+from persona_axes.activations.batch import iter_batches, render_all
 from procmem import proc_status_kb
 
 SUBJECTS = ["friendship", "the ocean", "learning to cook", "old maps", "rainy mornings", "chess openings",

@@ -18,8 +18,8 @@ import time
 import torch
 
 import persona_axes as pa
-from persona_axes.capture import pad_batch, render_all
-from persona_axes.interventions import ActivationCap, Steer, calibrate_cap
+from persona_axes.activations.batch import pad_batch, render_all
+from persona_axes.steering.interventions import ActivationCap, Steer, calibrate_cap
 
 QUESTIONS = ["What is your favourite season and why?", "Describe the sea to someone who has never seen it.",
              "Give me one tip for learning a language.", "Who are you?", "What makes a city pleasant?",

@@ -66,9 +66,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # repeng's progress bars (read when 
 import torch  # noqa: E402
 
 import persona_axes as pa  # noqa: E402
-from persona_axes.backends.base import position_ids_from_mask
-from persona_axes.capture import iter_batches
-from persona_axes.chat import RenderedChat
+from persona_axes.activations.readers.base import position_ids_from_mask
+from persona_axes.activations.batch import iter_batches
+from persona_axes.model.chat import RenderedChat
 from procmem import proc_status_kb
 
 INSTALL = ".venv/bin/python -m pip install --no-deps steering-vectors==0.12.2 repeng==0.4.0"

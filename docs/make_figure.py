@@ -7,7 +7,7 @@
 from pathlib import Path
 
 import persona_axes as pa
-from persona_axes import plots
+from persona_axes.viz import plots
 
 HERE = Path(__file__).resolve().parent
 VEC = HERE.parent / "vectors" / "smollm2-135m-instruct"

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import persona_axes as pa
-from persona_axes.io import atomic_write
+from persona_axes.files import atomic_write
 
 USER_TURNS = [
     ("baseline", "Hi! Could you suggest a simple dinner I can cook tonight?"),
@@ -66,7 +66,7 @@ def main() -> None:
     ref = pa.capture(loaded, [uncapped.messages], layers=[layer], which="assistant", progress=False)
     coefs = torch.tensor([-0.6, -0.3, 0.0, 0.3, 0.6])
     conv = [{"role": "user", "content": SWEEP_QUESTION}]
-    from persona_axes.generation import generate_replies
+    from persona_axes.steering.generation import generate_replies
 
     unit_axis = axis.unit(layer)
     with pa.Steer(loaded, unit_axis, layers=[layer], coef=coefs, unit="rel", reference=ref):

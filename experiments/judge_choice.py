@@ -20,7 +20,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 import persona_axes as pa
-from persona_axes.judge import EmbeddingJudge, RoleItem, TraitItem
+from persona_axes.judges.base import EmbeddingJudge, RoleItem, TraitItem
 
 LABELS = Path(__file__).resolve().parent.parent / "tests" / "data" / "judge_labels.jsonl"
 

@@ -34,9 +34,9 @@ import torch
 
 import persona_axes as pa
 from persona_axes.errors import InvalidInputError, PersonaAxesError
-from persona_axes.io import atomic_write
-from persona_axes.pipeline import PipelineConfig, run_pipeline
-from persona_axes.report import html_table, steering_sweep, text_summary, write_report
+from persona_axes.files import atomic_write
+from persona_axes.runs.stages import PipelineConfig, run_pipeline
+from persona_axes.viz.report import html_table, steering_sweep, text_summary, write_report
 
 # Role-play pressure for the capping check: each asks the model to leave its assistant persona.
 PRESSURE = [

@@ -4,22 +4,23 @@ steering, activation capping and drift monitoring.
 "Layer L" means the output of decoder block L (the residual stream after block L), 0-based, everywhere.
 """
 
-__version__ = "0.1.0"
+from persona_axes.core import __version__
 
-from .activations import Activations
-from .backends import BACKENDS, Backend, ModelInfo, make_backend
-from .capture import capture
-from .chat import MessageSpan, RenderedChat, render_chat
-from .datasets import load_default_prompts, load_questions, load_roles, load_traits
-from .errors import *  # noqa: F401,F403  (the exception hierarchy is part of the public API)
-from .errors import __all__ as _errors
-from .extraction import Extraction, extract
-from .generation import SamplingConfig, generate_replies
-from .interventions import Ablate, ActivationCap, CapConfig, Steer, calibrate_cap
-from .models import LoadedModel, default_model_path, find_layers, load_model
-from .monitor import DriftReport, LiveMonitor, monitor_transcript
-from .space import LayerSweep, PersonaSpace
-from .vectors import (
+from persona_axes.activations.container import Activations
+from persona_axes.activations.readers import BACKENDS, Backend, make_backend
+from persona_axes.core import ModelInfo
+from persona_axes.activations.batch import capture
+from persona_axes.model.chat import MessageSpan, RenderedChat, render_chat
+from persona_axes.runs.datasets import load_default_prompts, load_questions, load_roles, load_traits
+from persona_axes.errors import *  # noqa: F401,F403  (the exception hierarchy is part of the public API)
+from persona_axes.errors import __all__ as _errors
+from persona_axes.activations.extraction import Extraction, extract
+from persona_axes.steering.generation import SamplingConfig, generate_replies
+from persona_axes.steering.interventions import Ablate, ActivationCap, CapConfig, Steer, calibrate_cap
+from persona_axes.model.load import LoadedModel, default_model_path, find_layers, load_model
+from persona_axes.steering.monitor import DriftReport, LiveMonitor, monitor_transcript
+from persona_axes.vectors.space import LayerSweep, PersonaSpace
+from persona_axes.vectors.containers import (
     PersonaVector,
     VectorSet,
     mean_difference,

@@ -62,7 +62,7 @@ def nosystem_tokenizer():
 @pytest.fixture(scope="session")
 def tiny(chatml_tokenizer):
     """A LoadedModel: tiny random-init Llama (4 blocks, d=64) with the ChatML test tokenizer."""
-    from persona_axes.models import LoadedModel, find_layers
+    from persona_axes.model.load import LoadedModel, find_layers
 
     m = make_tiny_llama(len(chatml_tokenizer))
     return LoadedModel(model=m, tokenizer=chatml_tokenizer, name="tiny-llama", layers=find_layers(m))

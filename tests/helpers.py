@@ -55,7 +55,7 @@ def sigkill_when(argv, ready, *, env, timeout: float = 120.0, poll: float = 0.02
 def tiny_loaded():
     """The ``tiny`` fixture's model, built outside pytest (for scripts that tests run in a subprocess)."""
     from conftest import CHATML, _make_tokenizer
-    from persona_axes.models import LoadedModel, find_layers
+    from persona_axes.model.load import LoadedModel, find_layers
 
     tok = _make_tokenizer(CHATML)
     m = make_tiny_llama(len(tok))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import persona_axes as pa
-from persona_axes import io as IO
+from persona_axes import files as IO
 
 PACKAGE = Path(pa.__file__).resolve().parent
 
@@ -23,10 +23,10 @@ PRIMITIVES = {"write_text", "write_bytes", "copy", "copyfile", "copy2", "copytre
 
 #: The direct writes that remain, each safe for the reason given.
 ALLOWED = Counter({
-    ("export.py", "open rb+"): 1,  # fsyncs the temporary file of _atomic_path before it is renamed into place
-    ("export.py", "GGUFWriter"): 2,  # writes the temporary path given by _atomic_path
-    ("export.py", "savez"): 1,  # into the file object opened by atomic_write
-    ("models.py", "save_pretrained"): 2,  # into a temporary folder, renamed into place once the manifest is in
+    ("formats.py", "open rb+"): 1,  # fsyncs the temporary file of _atomic_path before it is renamed into place
+    ("formats.py", "GGUFWriter"): 2,  # writes the temporary path given by _atomic_path
+    ("formats.py", "savez"): 1,  # into the file object opened by atomic_write
+    ("load.py", "save_pretrained"): 2,  # into a temporary folder, renamed into place once the manifest is in
     ("rollouts.py", "open ab"): 1,  # the append-only rollout log: a torn last line is dropped when read
 })
 
@@ -54,7 +54,7 @@ def _direct_writes() -> Counter:
 def test_no_direct_file_writes_outside_the_allowed_list():
     found = _direct_writes()
     new = found - ALLOWED
-    assert not new, f"direct (non-atomic) file writes: {dict(new)}; write through persona_axes.io.atomic_write"
+    assert not new, f"direct (non-atomic) file writes: {dict(new)}; write through persona_axes.files.atomic_write"
     assert found == ALLOWED, f"the allowed list is stale: {dict(ALLOWED - found)} no longer occur"
 
 

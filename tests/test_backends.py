@@ -13,10 +13,10 @@ import sys
 import pytest
 import torch
 
-from persona_axes.backends import HFBackend, make_backend
-from persona_axes.backends.base import position_ids_from_mask
+from persona_axes.activations.readers import HFBackend, make_backend
+from persona_axes.activations.readers.base import position_ids_from_mask
 from persona_axes.errors import ModelLoadError
-from persona_axes.models import LoadedModel, find_layers
+from persona_axes.model.load import LoadedModel, find_layers
 
 pytest.importorskip("transformer_lens")
 pytest.importorskip("nnsight")
@@ -335,7 +335,7 @@ def test_tlens_float64_left_padding():
 
 
 def test_tlens_in_place_wraps_the_model_itself():
-    from persona_axes.backends.tlens import TransformerLensBackend
+    from persona_axes.activations.readers.tlens import TransformerLensBackend
 
     lm = tiny_llama(seed=12)
     hf = HFBackend(lm)
@@ -442,9 +442,9 @@ def test_gpt2_matches_hf(side):
 
 def test_frameworks_are_imported_lazily():
     code = (
-        "import sys, persona_axes, persona_axes.backends as b\n"
-        "print(sorted(m for m in ('transformer_lens', 'nnsight', 'persona_axes.backends.tlens', "
-        "'persona_axes.backends.nnsight') if m in sys.modules))\n"
+        "import sys, persona_axes, persona_axes.activations.readers as b\n"
+        "print(sorted(m for m in ('transformer_lens', 'nnsight', 'persona_axes.activations.readers.tlens', "
+        "'persona_axes.activations.readers.nnsight') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -3,7 +3,7 @@
 Every case names the exact exception class it expects (a :class:`PersonaAxesError` subclass) and a piece of the
 message that says what was wrong, so a regression to a silent wrong result, an untyped error or a vague message
 fails here. Cases marked "was:" were bugs (a silent wrong result or an untyped error) fixed along with the case.
-CLI cases run ``persona_axes.cli.main`` in-process: exit status 2, exactly one ``persona-axes: error:`` line on
+CLI cases run ``persona_axes.cli.main.main`` in-process: exit status 2, exactly one ``persona-axes: error:`` line on
 stderr naming the problem and no traceback; the same argv with ``--debug`` raises the expected exception.
 """
 
@@ -22,10 +22,11 @@ from safetensors.torch import save as st_save
 from safetensors.torch import save_file
 
 import persona_axes as pa
-from persona_axes import datasets as D
-from persona_axes import export as E
-from persona_axes import rollouts as R
-from persona_axes.cli import main
+from persona_axes.runs import datasets as D
+from persona_axes.export import formats as E
+from persona_axes.activations import extraction as X
+from persona_axes.runs import rollouts as R
+from persona_axes.cli.main import main
 from persona_axes.errors import (
     ChatTemplateError,
     ConversationError,
@@ -149,7 +150,7 @@ def c(tiny, tmp_path_factory):
     ns.stale_out = d / "stale.safetensors"
     chunk = pa.Activations(torch.zeros(1, 1, 64), (1,), [{}], ns.info,
                            extra={"extract_fingerprint": "0" * 64, "chunk_start": "0", "chunk_end": "1"})
-    chunk.save(pa.extraction.partial_dir(ns.stale_out) / "chunk-00000000-00000001.safetensors")
+    chunk.save(X.partial_dir(ns.stale_out) / "chunk-00000000-00000001.safetensors")
     return ns
 
 

@@ -4,7 +4,7 @@ import torch
 import persona_axes as pa
 import importlib
 
-capture_mod = importlib.import_module("persona_axes.capture")
+capture_mod = importlib.import_module("persona_axes.activations.batch")
 from persona_axes.errors import (
     ConversationError,
     FileFormatError,

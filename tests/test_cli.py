@@ -1,4 +1,4 @@
-"""The ``persona-axes`` command line, called in-process (``persona_axes.cli.main``)."""
+"""The ``persona-axes`` command line, called in-process (``persona_axes.cli.main.main``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from persona_axes import ModelInfo, PersonaVector
-from persona_axes.cli import build_parser, main, parse_layers
+from persona_axes.cli.main import build_parser, main, parse_layers
 from persona_axes.errors import InvalidInputError
 
 VEC = Path(__file__).resolve().parent.parent / "vectors" / "smollm2-135m-instruct"

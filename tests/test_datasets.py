@@ -1,4 +1,4 @@
-"""Tests for persona_axes.datasets: the packaged persona data and the strict, validating loader (no models)."""
+"""Tests for persona_axes.runs.datasets: the packaged persona data and the strict, validating loader (no models)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from persona_axes.datasets import (
+from persona_axes.runs.datasets import (
     PAIRS_PER_TRAIT,
     PROMPTS_PER_ROLE,
     QUESTION_CATEGORIES,

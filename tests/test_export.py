@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from persona_axes.backends.base import ModelInfo
+from persona_axes.core import ModelInfo
 from persona_axes.errors import FileFormatError, InvalidInputError, LayerOutOfRangeError, ModelMismatchError
-from persona_axes.export import (
+from persona_axes.export.formats import (
     FORMATS,
     export_gguf_control_vector,
     export_numpy,
@@ -30,7 +30,7 @@ from persona_axes.export import (
     import_vector,
     to_repeng,
 )
-from persona_axes.vectors import PersonaVector
+from persona_axes.vectors.containers import PersonaVector
 
 T, D = 6, 32
 INFO = ModelInfo(name="synthetic", n_layers=T, hidden_size=D)

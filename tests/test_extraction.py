@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import persona_axes as pa
-from persona_axes import extraction as X
+from persona_axes.activations import extraction as X
 from persona_axes.errors import FileFormatError, InvalidInputError, StaleCheckpointError
 from helpers import conversations, sigkill_when
 
@@ -229,7 +229,7 @@ KILL_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 from helpers import conversations, slow_down, tiny_loaded
-from persona_axes import extraction as X
+from persona_axes.activations import extraction as X
 
 loaded = tiny_loaded()
 slow_down(X, "capture", 0.3)
@@ -281,8 +281,8 @@ def test_sigkill_then_resume(tiny, tmp_path, monkeypatch):
 CLI_KILL_SCRIPT = """
 import sys
 from helpers import slow_down
-from persona_axes import extraction as X
-from persona_axes.cli import main
+from persona_axes.activations import extraction as X
+from persona_axes.cli.main import main
 slow_down(X, "capture", 0.3)
 sys.exit(main(sys.argv[1:]))
 """
@@ -291,8 +291,8 @@ sys.exit(main(sys.argv[1:]))
 def test_cli_extract_killed_then_resumed(tiny, tmp_path, capsys):
     """The same through the command line: SIGKILL `persona-axes extract` after a few checkpoints, run it again,
     and get what an uninterrupted run writes, with the finished rollouts reported as reused."""
-    from persona_axes import rollouts as R
-    from persona_axes.cli import main
+    from persona_axes.runs import rollouts as R
+    from persona_axes.cli.main import main
 
     model_dir = tmp_path / "tiny-llama"
     tiny.model.save_pretrained(model_dir)

@@ -3,9 +3,10 @@ import pytest
 import torch
 
 import persona_axes as pa
-from persona_axes.backends.base import ModelInfo, position_ids_from_mask
+from persona_axes.activations.readers.base import position_ids_from_mask
+from persona_axes.core import ModelInfo
 from persona_axes.errors import InvalidInputError, LayerOutOfRangeError, ModelMismatchError
-from persona_axes.interventions import Ablate, ActivationCap, CapConfig, Steer, calibrate_cap
+from persona_axes.steering.interventions import Ablate, ActivationCap, CapConfig, Steer, calibrate_cap
 
 from helpers import conversations
 

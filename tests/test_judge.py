@@ -1,4 +1,4 @@
-"""Tests of persona_axes.judge: agreement of the offline EmbeddingJudge with hand labels, the HttpJudge against a
+"""Tests of persona_axes.judges.base: agreement of the offline EmbeddingJudge with hand labels, the HttpJudge against a
 real local OpenAI-style server, NoJudge, judge_from_spec and input validation."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from persona_axes import judge as judge_mod
+from persona_axes.judges import base as judge_mod
 from persona_axes.errors import InvalidInputError, JudgeError, PersonaAxesError
-from persona_axes.judge import (
+from persona_axes.judges.base import (
     ROLE_ACCEPT_THRESHOLD,
     EmbeddingJudge,
     HttpJudge,

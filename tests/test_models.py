@@ -10,8 +10,8 @@ import transformers
 from torch import nn
 
 import persona_axes as pa
-from persona_axes import models as models_mod
-from persona_axes.backends import make_backend
+from persona_axes.model import load as models_mod
+from persona_axes.activations.readers import make_backend
 from persona_axes.errors import (
     CacheCorruptError,
     DefaultModelMissingError,
@@ -176,7 +176,7 @@ def test_two_processes_convert_the_default_model_at_once(tmp_path):
     script = textwrap.dedent(
         """
         import json, sys
-        from persona_axes.models import default_model_path
+        from persona_axes.model.load import default_model_path
         p = default_model_path()
         print(json.dumps(str(p)))
         """

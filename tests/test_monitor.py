@@ -5,9 +5,9 @@ import torch
 
 import persona_axes as pa
 from persona_axes.errors import ConversationError, FileFormatError, InvalidInputError
-from persona_axes.generation import SamplingConfig
-from persona_axes.interventions import calibrate_cap
-from persona_axes.monitor import LiveMonitor, load_transcript, monitor_transcript
+from persona_axes.steering.generation import SamplingConfig
+from persona_axes.steering.interventions import calibrate_cap
+from persona_axes.steering.monitor import LiveMonitor, load_transcript, monitor_transcript
 
 from helpers import conversations
 
@@ -42,7 +42,7 @@ def test_ema_and_dead_band_alerts(tiny):
     assert [r.smoothed for r in rep.records] == pytest.approx(expect)
     assert [r.alert for r in rep.records] == [v < sorted(raw)[1] for v in expect]
     # dead band: an alert stays on until the value is back past threshold + width
-    from persona_axes.monitor import _Smoother
+    from persona_axes.steering.monitor import _Smoother
 
     sm = _Smoother(threshold=0.0, direction="below", ema=None, dead_band=1.0)
     assert [sm(x)[1] for x in [1.0, -0.5, 0.5, 1.2, -0.1]] == [False, True, True, False, True]

@@ -5,10 +5,10 @@ import json
 import torch
 
 import persona_axes as pa
-from persona_axes.interventions import CapConfig
-from persona_axes.pipeline import PipelineConfig, run_pipeline
-from persona_axes.rollouts import RolloutPreset
-from persona_axes.vectors import PersonaVector, VectorSet
+from persona_axes.steering.interventions import CapConfig
+from persona_axes.runs.stages import PipelineConfig, run_pipeline
+from persona_axes.runs.rollouts import RolloutPreset
+from persona_axes.vectors.containers import PersonaVector, VectorSet
 
 TINY = RolloutPreset(name="tiny", roles=("pirate", "accountant", "dog", "oracle"), prompts_per_role=1, questions=3,
                      default_prompts=2, traits=("evil", "humorous"), trait_pairs=1, trait_questions=3, samples=1,
@@ -40,7 +40,7 @@ def test_pipeline_end_to_end_and_resume(tiny, tmp_path, monkeypatch):
     # resume: nothing is generated or captured again
     calls = []
     real = pa.capture
-    monkeypatch.setattr("persona_axes.extraction.capture", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr("persona_axes.activations.extraction.capture", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = run_pipeline(tiny, tmp_path, cfg, progress=False)
     assert again.summary["rollouts_generated_this_run"] == 0 and calls == []
     assert torch.equal(again.axis.vector, res.axis.vector)

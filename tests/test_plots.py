@@ -1,4 +1,4 @@
-"""Figures of persona_axes.plots, checked against numbers computed independently (numpy / scikit-learn)."""
+"""Figures of persona_axes.viz.plots, checked against numbers computed independently (numpy / scikit-learn)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from persona_axes import plots
-from persona_axes.activations import Activations
-from persona_axes.backends.base import ModelInfo
+from persona_axes.viz import plots
+from persona_axes.activations.container import Activations
+from persona_axes.core import ModelInfo
 from persona_axes.errors import InvalidInputError, LayerOutOfRangeError, ModelMismatchError
-from persona_axes.monitor import DriftReport, TurnProjection
-from persona_axes.space import PersonaSpace
-from persona_axes.vectors import PersonaVector, VectorSet
+from persona_axes.steering.monitor import DriftReport, TurnProjection
+from persona_axes.vectors.space import PersonaSpace
+from persona_axes.vectors.containers import PersonaVector, VectorSet
 
 go = pytest.importorskip("plotly.graph_objects")
 

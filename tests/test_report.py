@@ -12,9 +12,9 @@ from sklearn.decomposition import PCA
 
 import persona_axes as pa
 from persona_axes.errors import InvalidInputError
-from persona_axes.pipeline import PipelineConfig, run_pipeline
-from persona_axes.report import pipeline_report, steering_sweep, text_summary, write_report
-from persona_axes.rollouts import RolloutPreset
+from persona_axes.runs.stages import PipelineConfig, run_pipeline
+from persona_axes.viz.report import pipeline_report, steering_sweep, text_summary, write_report
+from persona_axes.runs.rollouts import RolloutPreset
 
 from test_cli import run
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from persona_axes import rollouts as R
-from persona_axes.datasets import load_default_prompts, load_questions, load_roles, load_traits
+from persona_axes.runs import rollouts as R
+from persona_axes.runs.datasets import load_default_prompts, load_questions, load_roles, load_traits
 from persona_axes.errors import FileFormatError, InvalidInputError
-from persona_axes.generation import SamplingConfig
-from persona_axes.judge import RoleScore, TraitScore
+from persona_axes.steering.generation import SamplingConfig
+from persona_axes.judges.base import RoleScore, TraitScore
 
 from helpers import sigkill_when
 
@@ -249,8 +249,8 @@ KILL_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 from helpers import slow_down, tiny_loaded
-from persona_axes import rollouts as R
-from persona_axes.generation import SamplingConfig
+from persona_axes.runs import rollouts as R
+from persona_axes.steering.generation import SamplingConfig
 
 loaded = tiny_loaded()
 slow_down(R, "_generate_batch", 0.4)

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from persona_axes.pipeline import PipelineConfig, run_pipeline
-from persona_axes.rollouts import RolloutPreset
+from persona_axes.runs.stages import PipelineConfig, run_pipeline
+from persona_axes.runs.rollouts import RolloutPreset
 
 pytestmark = pytest.mark.slow
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from persona_axes.activations import Activations
-from persona_axes.backends.base import ModelInfo
+from persona_axes.activations.container import Activations
+from persona_axes.core import ModelInfo
 from persona_axes.errors import InvalidInputError, LayerOutOfRangeError, ModelMismatchError
-from persona_axes.space import LayerSweep, PersonaSpace
-from persona_axes.vectors import PersonaVector, VectorSet
+from persona_axes.vectors.space import LayerSweep, PersonaSpace
+from persona_axes.vectors.containers import PersonaVector, VectorSet
 
 T, D, R = 6, 64, 40
 INFO = ModelInfo(name="synthetic", n_layers=T, hidden_size=D)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from persona_axes.activations import Activations
-from persona_axes.backends.base import ModelInfo
+from persona_axes.activations.container import Activations
+from persona_axes.core import ModelInfo
 from persona_axes.errors import FileFormatError, InvalidInputError, LayerOutOfRangeError, ModelMismatchError
-from persona_axes.io import load_tensors, save_tensors
-from persona_axes.vectors import (
+from persona_axes.files import load_tensors, save_tensors
+from persona_axes.vectors.containers import (
     TRAIT_METHODS,
     PersonaVector,
     PurifyResult,

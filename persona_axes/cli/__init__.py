@@ -1,0 +1,3 @@
+from persona_axes.cli.main import main
+
+__all__ = ["main"]
