@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from persona_axes import ModelInfo, PersonaVector
-from persona_axes.cli.main import build_parser, main, parse_layers
+from persona_axes.cli.main import build_parser, main
+from persona_axes.core import parse_layer_spec as parse_layers
 from persona_axes.errors import InvalidInputError
 
 VEC = Path(__file__).resolve().parent.parent / "vectors" / "smollm2-135m-instruct"
@@ -76,7 +77,7 @@ def test_info_vector_set_capping_and_trait(capsys):
     rc, out, _ = run(capsys, "info", VEC / "roles.safetensors")
     assert rc == 0 and "kind: vector set" in out and "pirate" in out and "vectors: 60" in out
     rc, out, _ = run(capsys, "info", VEC / "capping.safetensors")
-    assert rc == 0 and "cap kind: floor" in out and "capped layers: 17..23" in out and "layer  17:" in out
+    assert rc == 0 and "cap kind: floor" in out and "capped layers: 17-23" in out and "layer  17:" in out
     rc, out, _ = run(capsys, "info", VEC / "traits" / "evil.safetensors", "--layers")
     assert rc == 0 and "method: mean_diff" in out and "layer  29:" in out
 
@@ -97,7 +98,7 @@ def test_export_round_trip(capsys, tmp_path, fmt, suffix, extra):
     if fmt == "gguf":
         rc, out, _ = run(capsys, "info", out_path)
         assert rc == 0 and "GGUF control vector" in out
-        assert ("layers present: 10..19" if extra else "layers present: 1..29") in out
+        assert ("layers present: 10-19" if extra else "layers present: 1-29") in out
 
 
 # ------------------------------------------------------------------------------------------------- bad input
@@ -198,4 +199,4 @@ def test_rollouts_then_extract(capsys, tmp_path):
                        "--layers", "8:12", "--quiet")
     assert rc == 0, err
     rc, out, _ = run(capsys, "info", tmp_path / "acts.safetensors")
-    assert rc == 0 and "items: 2" in out and "captured layers: 8..11" in out
+    assert rc == 0 and "items: 2" in out and "captured layers: 8-11" in out

@@ -1,0 +1,69 @@
+"""``persona-axes monitor``: project each turn of a stored conversation onto an axis and flag drift."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from persona_axes.cli.common import add_command, add_model_args, file_kind, load_model_from_args, read_vector, \
+    require_file
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from persona_axes.steering.monitor import load_transcript, monitor_transcript
+
+    require_file(args.transcript, "transcript")
+    msgs = load_transcript(args.transcript)
+    if file_kind(args.axis)[0] != "repeng":
+        read_vector(args.axis, name=args.name, preflight_model=args.model)
+    loaded = load_model_from_args(args)
+    axis = read_vector(args.axis, name=args.name, model=loaded)
+    rep = monitor_transcript(loaded, msgs, axis, args.layer, threshold=args.threshold, ema=args.ema,
+                             direction=args.direction)
+    print(f"projection onto {rep.axis_name!r} at layer {rep.layer}"
+          + (f", threshold {rep.threshold:g} ({rep.direction})" if rep.threshold is not None else ""))
+    print(f"{'turn':>4}  {'role':<9}  {'projection':>10}  {'smoothed':>9}  {'alert':<5}  text")
+    for r in rep.records:
+        sm = f"{r.smoothed:>9.3f}" if r.smoothed is not None else f"{'-':>9}"
+        text = " ".join(r.text.split())
+        print(f"{r.turn:>4}  {r.role:<9}  {r.projection:>10.3f}  {sm}  {'ALERT' if r.alert else '':<5}  "
+              f"{text[:50] + ('...' if len(text) > 50 else '')}")
+    n_alerts = len(rep.alerts)
+    print(f"{len(rep.assistant())} assistant turn(s), {n_alerts} alert(s)")
+    if args.json:
+        from persona_axes.files import atomic_write
+
+        with atomic_write(args.json, "w") as f:
+            json.dump({"layer": rep.layer, "threshold": rep.threshold, "direction": rep.direction,
+                       "axis": rep.axis_name, "records": rep.to_records()}, f, indent=1)
+        print(f"wrote {args.json}")
+    if args.html:
+        from persona_axes.viz.plots import save_figure
+
+        save_figure(rep.figure(), args.html)
+        print(f"wrote {args.html}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    mon = add_command(
+        sub, "monitor", "project each turn of a stored conversation onto an axis and flag drift",
+        "One forward pass over a JSON/JSONL transcript (a list of {role, content} messages, or "
+        "{\"messages\": [...]}); prints the mean projection of every message onto the unit axis at --layer, the "
+        "smoothed value (--ema) and an alert where it crosses --threshold. Optionally writes the records as JSON "
+        "and a plotly HTML figure.",
+        "example:\n  persona-axes monitor chat.json --axis vectors/smollm2-135m-instruct/assistant_axis.safetensors "
+        "--layer 20 --threshold 2.5 --ema 0.5 --html drift.html --json drift.json",
+        _cmd_monitor)
+    add_model_args(mon)
+    mon.add_argument("transcript", help="JSON or JSONL transcript")
+    mon.add_argument("--axis", required=True, help="axis vector file")
+    mon.add_argument("--name", default=None, help="member to use when --axis is a vector set")
+    mon.add_argument("--layer", type=int, required=True, help="model layer (negative counts from the end)")
+    mon.add_argument("--threshold", type=float, default=None)
+    mon.add_argument("--direction", choices=("below", "above"), default="below",
+                     help="alert when the value falls below (default) or rises above --threshold")
+    mon.add_argument("--ema", type=float, default=None, help="EMA smoothing factor in (0, 1]")
+    mon.add_argument("--html", default=None, help="write a plotly figure here (.html)")
+    mon.add_argument("--json", default=None, help="write the per-turn records here (.json)")
