@@ -20,7 +20,8 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 import persona_axes as pa
-from persona_axes.judges.base import EmbeddingJudge, RoleItem, TraitItem
+from persona_axes.judges.base import RoleItem, TraitItem
+from persona_axes.judges.embedding import EmbeddingJudge
 
 LABELS = Path(__file__).resolve().parent.parent / "tests" / "data" / "judge_labels.jsonl"
 

