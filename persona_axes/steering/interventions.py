@@ -1,4 +1,5 @@
-"""Interventions at inference: steering, ablation and activation capping, as context managers.
+"""Interventions at inference as context managers: the hook base, steering (:class:`Steer`) and ablation
+(:class:`Ablate`). Activation capping builds on the same base in :mod:`persona_axes.steering.capping`.
 
 Each intervention registers PyTorch forward hooks on the decoder blocks of the loaded HF model and removes them
 on exit, even when the body raises. The HF, TransformerLens (``TransformerBridge``) and nnsight backends all
@@ -7,67 +8,118 @@ every forward pass whichever framework runs it. One caveat: nnsight reads a bloc
 block's own torch forward hooks run, so an nnsight capture at a steered layer L shows the unsteered output at L
 (the edit is visible from L + 1 on); the nnsight backend warns when that happens.
 
-Positions (``positions=``), in the padded coordinates of the batch:
+Positions (``positions=``, a :class:`~persona_axes.core.Positions` or its string), in the padded coordinates of
+the batch:
 
 - ``"all"``: every position.
 - ``"prompt"``: the prompt's positions (everything in the first forward pass of a ``generate``).
 - ``"generated"``: the positions whose output predicts a generated token: the *last prompt position* (it yields
-  the first generated token, so that token is steered too) and every generated token after it. With a KV cache
-  the prompt is the first forward pass (no past); the prompt length is re-read at each forward pass without a
-  past, so several ``generate`` calls inside one ``with`` work. To recompute the whole prefix each step yourself,
-  pass ``prompt_length=`` explicitly.
+  the first generated token, so that token is steered too) and every generated token after it.
+
+How the prompt is found: at each forward pass of the decoder body, the number of tokens already in the KV cache
+(the "past") is read from the call itself (see :func:`cache_length`): a forward with no past starts a new
+prompt, whose length is its sequence length; a forward with a past continues it. So several ``generate`` calls
+inside one ``with`` work. To recompute the whole prefix each step yourself (no cache), pass ``prompt_length=``.
 
 Composition: enter several (``with Ablate(...), Steer(...):``); hooks run in the order they were entered, so
 ablate-then-add is ``Ablate`` entered before ``Steer``.
 
-Coefficients: a float, or a tensor ``[batch]`` with one coefficient per batch row (a whole sweep in one batched
-``generate``). ``unit="raw"`` adds ``coef * vector`` as is; ``unit="rel"`` scales ``coef`` by the mean residual
-norm at each layer, measured on reference activations (``reference=Activations`` or a ``[n_layers]`` tensor of
-norms), so ``coef=1`` moves by one typical residual norm; ``unit="unit"`` normalises the vector first and adds
-``coef`` in raw units along the unit direction. The effective per-layer scale is recorded in :meth:`record`.
+Coefficients: a number, or a ``[batch]`` tensor (or list) with one coefficient per batch row (a whole sweep in one
+batched ``generate``). ``unit="raw"`` adds ``coef * vector`` as is; ``unit="rel"`` scales ``coef`` by the mean
+residual norm at each layer, measured on reference activations (``reference=Activations`` or a ``[n_layers]``
+tensor of norms), so ``coef=1`` moves by one typical residual norm; ``unit="unit"`` normalises the vector first
+and adds ``coef`` in raw units along the unit direction. The effective per-layer scale is recorded in
+:meth:`Intervention.record`.
+
+dtype and placement: each vector is copied once to the device and dtype of the block it edits (so models in
+bf16/fp16 and models dispatched over several devices with accelerate work), and the edit is computed in that
+dtype, like the block's own arithmetic.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import torch
+from transformers.cache_utils import Cache
 
-from persona_axes.activations.container import Activations, model_info
 from persona_axes.activations.readers.base import Backend, as_backend
-from persona_axes.core import ModelInfo
-from persona_axes.errors import FileFormatError, InvalidInputError, ModelMismatchError
-from persona_axes.files import json_meta, load_tensors, parse_json_meta, save_tensors
+from persona_axes.core import ModelInfo, Positions, Unit, as_choice, check_int, unit
+from persona_axes.errors import InvalidInputError, ModelMismatchError
+from persona_axes.model.layers import block_output, replace_block_output
 
-Positions = Literal["all", "prompt", "generated"]
-POSITIONS = ("all", "prompt", "generated")
-UNITS = ("raw", "unit", "rel")
+POSITIONS = Positions.values()
 
 
-def _block_output(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, tuple) else out
+# -- TEMPORARY: until persona_axes.vectors.units (helper "files") lands; then import both from there ----------------
+def reference_norms(reference: Any, info: ModelInfo) -> torch.Tensor:
+    """``[n_layers]`` mean residual norm per layer from reference activations (for ``unit="rel"``); NaN where the
+    activations hold no layer. A ``[n_layers]`` tensor of norms is returned as float32."""
+    from persona_axes.activations.container import Activations
+
+    if isinstance(reference, Activations):
+        reference.model.check_compatible(info, what="the reference activations")
+        norms = torch.full((info.n_layers,), float("nan"))
+        norms[list(reference.layers)] = reference.values.norm(dim=-1).mean(0)
+        return norms
+    if isinstance(reference, np.ndarray) and reference.dtype.kind in "iuf":
+        reference = torch.from_numpy(reference)
+    if not isinstance(reference, torch.Tensor) or reference.dtype == torch.bool or reference.is_complex():
+        raise InvalidInputError(f"reference must be Activations or a [n_layers] tensor of norms, got "
+                                f"{type(reference).__name__}")
+    t = reference.detach().to("cpu", torch.float32)
+    if t.shape != (info.n_layers,):
+        raise InvalidInputError(f"reference norms must have shape [{info.n_layers}], got {tuple(t.shape)}")
+    return t
 
 
-def _replace_output(out: Any, hidden: torch.Tensor) -> Any:
-    return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+def unit_scales(rows: Mapping[int, torch.Tensor], unit_: Unit | str, norms: torch.Tensor | None = None) -> dict[int, float]:
+    """Per-layer scale of a steering vector: raw 1; unit 1/|v_L|; rel norms[L]/|v_L| (norms must be > 0)."""
+    kind = as_choice(Unit, unit_, "unit")
+    out = {}
+    for L, v in rows.items():
+        if kind == Unit.RAW:
+            out[L] = 1.0
+            continue
+        unit(v, "steering vector", L)  # refuses a zero-norm vector, which unit/rel cannot scale
+        n = float(v.norm())
+        if kind == Unit.UNIT:
+            out[L] = 1.0 / n
+            continue
+        if norms is None:
+            raise InvalidInputError("unit='rel' needs reference norms via reference=")
+        r = float(norms[L])
+        if r != r:
+            raise InvalidInputError(f"the reference activations hold no layer {L}; capture it first (reference=)")
+        if not (r > 0 and r != float("inf")):
+            raise InvalidInputError(f"reference norm at layer {L} is {r}; reference norms must be finite and > 0 "
+                                    "(a negative one would steer the opposite way, a zero one by nothing)")
+        out[L] = r / n
+    return out
 
 
-def _as_layer_vectors(vector: Any, info: ModelInfo, layers: Sequence[int], what: str) -> dict[int, torch.Tensor]:
-    """``{layer: [d] float32}`` from a PersonaVector, a ``[d]`` tensor or a ``[n_layers, d]`` tensor."""
+def layer_vectors(vector: Any, info: ModelInfo, layers: Sequence[int], what: str) -> dict[int, torch.Tensor]:
+    """``{layer: [d] float32 on CPU}`` from a PersonaVector, a ``[d]`` tensor (the same row at every layer) or a
+    ``[n_layers, d]`` tensor, checked against the model ``info`` (hidden size, layer count, a PersonaVector's model)
+    and for finite values. ``what`` names the argument in error messages."""
     vec_info = getattr(vector, "model", None)
     if isinstance(vec_info, ModelInfo):
         vec_info.check_compatible(info, what=f"the {what} {getattr(vector, 'name', '')!r}".replace(" ''", ""))
         vector = vector.vector
+    if isinstance(vector, np.ndarray) and vector.dtype.kind in "iuf":
+        vector = torch.from_numpy(vector)
     if not isinstance(vector, torch.Tensor):
         raise InvalidInputError(f"the {what} must be a PersonaVector or a tensor, got {type(vector).__name__}")
+    if vector.dtype == torch.bool or vector.is_complex():
+        raise InvalidInputError(f"the {what} must hold real numbers, got dtype {vector.dtype}")
     v = vector.detach().to("cpu", torch.float32)
-    if v.shape[-1] != info.hidden_size:
+    if v.ndim == 0 or v.shape[-1] != info.hidden_size:
         raise ModelMismatchError(
-            f"the {what} has size {v.shape[-1]} but the model's hidden size is {info.hidden_size}; "
-            "use a vector computed on this model"
+            f"the {what} has size {v.shape[-1] if v.ndim else 'scalar'} but the model's hidden size is "
+            f"{info.hidden_size}; use a vector computed on this model"
         )
     if v.ndim == 1:
         out = {L: v for L in layers}
@@ -83,31 +135,52 @@ def _as_layer_vectors(vector: Any, info: ModelInfo, layers: Sequence[int], what:
     return out
 
 
-def _name_of(obj: Any, default: str | None = None) -> str | None:
-    name = getattr(obj, "name", None)  # PersonaVector.name; torch.Tensor.name is None
+def name_of(obj: Any, default: str | None = None) -> str | None:
+    """A vector's name (PersonaVector.name), or ``default`` for a bare tensor (whose ``.name`` is None)."""
+    name = getattr(obj, "name", None)
     return name if isinstance(name, str) else default
 
 
-def _unit(v: torch.Tensor, what: str, layer: int) -> torch.Tensor:
-    n = v.norm()
-    if not n > 1e-12:
-        raise InvalidInputError(f"the {what} has zero norm at layer {layer}; it has no direction to act along")
-    return v / n
+def cache_length(args: tuple, kwargs: Mapping[str, Any]) -> int:
+    """How many tokens are already in the KV cache when the decoder body is called with ``(args, kwargs)``.
+
+    The rule does not depend on HF's keyword names, which change between versions (``past_key_values=`` up to
+    transformers 5.23, ``cache=`` from 5.24): the cache is the argument that *is* a ``transformers.Cache``,
+    whatever its name, and its ``get_seq_length()`` is the past (this hook runs before the body appends to it).
+    Without a Cache object, a ``cache_position`` tensor (older versions pass one) gives the past as its first entry.
+    Otherwise there is no past: the forward is a fresh prompt. Position ids are not used: with left padding they
+    count real tokens only, so they are not offsets into the padded sequence.
+    """
+    for value in (*kwargs.values(), *args):
+        if isinstance(value, Cache):
+            return int(value.get_seq_length())
+    cache_position = kwargs.get("cache_position")
+    if isinstance(cache_position, torch.Tensor) and cache_position.numel():
+        return int(cache_position.reshape(-1)[0])
+    return 0
+
+
+def _sequence_length(args: tuple, kwargs: Mapping[str, Any]) -> int | None:
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    ref = ids if isinstance(ids, torch.Tensor) else kwargs.get("inputs_embeds")
+    return int(ref.shape[1]) if isinstance(ref, torch.Tensor) and ref.ndim >= 2 else None
 
 
 class Intervention:
-    """Base class: hooks on chosen decoder blocks, installed on ``__enter__`` and removed on ``__exit__``."""
+    """Base class: hooks on chosen decoder blocks, installed on ``__enter__`` and removed on ``__exit__``.
 
-    def __init__(self, model: Any, layers: int | Iterable[int], positions: Positions = "all",
+    Subclasses implement :meth:`edit`; the base reads and writes each block's output, tracks positions across a
+    cached ``generate`` and moves tensors to each block's device and dtype (:meth:`on_block`).
+    """
+
+    def __init__(self, model: Any, layers: int | Iterable[int], positions: Positions | str = "all",
                  prompt_length: int | None = None):
         self.backend: Backend = as_backend(model)
         self.info = self.backend.info
         self.layers = self.backend.layers(layers)
-        if positions not in POSITIONS:
-            raise InvalidInputError(f"positions={positions!r} is not one of {', '.join(POSITIONS)}")
-        if prompt_length is not None and (not isinstance(prompt_length, int) or prompt_length < 1):
-            raise InvalidInputError(f"prompt_length must be a positive integer, got {prompt_length!r}")
-        self.positions = positions
+        self.positions = as_choice(Positions, positions, "positions")
+        if prompt_length is not None:
+            prompt_length = check_int(prompt_length, "prompt_length", minimum=1)
         self._fixed_prompt_length = prompt_length
         self._prompt_length: int | None = prompt_length
         self._past = 0
@@ -116,47 +189,40 @@ class Intervention:
 
     # -- subclass API -------------------------------------------------------------------------------------------
     def edit(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Return the edited ``hidden [batch, seq, d]``; ``mask [1 or batch, seq, 1]`` selects positions (or None)."""
+        """Return the edited ``hidden [batch, seq, d]``; ``mask [1, seq, 1]`` selects positions (or None: all)."""
         raise NotImplementedError
 
     def record(self) -> dict[str, Any]:
         """What this intervention does, as plain data (for reports and result metadata)."""
-        return {"type": type(self).__name__, "layers": list(self.layers), "positions": self.positions}
+        return {"type": type(self).__name__, "layers": list(self.layers), "positions": self.positions.value}
 
-    # -- plumbing -----------------------------------------------------------------------------------------------
-    def _on(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    def on_block(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``t`` on ``like``'s device and in its dtype (copied once per device and dtype, then reused)."""
         key = (id(t), like.device, like.dtype)
         got = self._cache.get(key)
         if got is None:
             got = self._cache[key] = t.to(device=like.device, dtype=like.dtype)
         return got
 
+    # -- plumbing -----------------------------------------------------------------------------------------------
     def _position_mask(self, hidden: torch.Tensor) -> torch.Tensor | None:
-        if self.positions == "all":
+        if self.positions == Positions.ALL:
             return None
         seq = hidden.shape[1]
         pos = torch.arange(self._past, self._past + seq, device=hidden.device)
         plen = self._prompt_length if self._prompt_length is not None else seq
-        m = pos < plen if self.positions == "prompt" else pos >= plen - 1
+        m = pos < plen if self.positions == Positions.PROMPT else pos >= plen - 1
         return m.view(1, seq, 1)
 
     def _pre_body(self, module, args, kwargs):
-        pkv = kwargs.get("past_key_values")
-        past = 0
-        if pkv is not None and hasattr(pkv, "get_seq_length"):
-            past = int(pkv.get_seq_length())
-        self._past = past
-        if past == 0 and self._fixed_prompt_length is None:
-            ids = kwargs.get("input_ids", args[0] if args else None)
-            emb = kwargs.get("inputs_embeds")
-            ref = ids if ids is not None else emb
-            self._prompt_length = int(ref.shape[1]) if ref is not None else None
+        self._past = cache_length(args, kwargs)
+        if self._past == 0 and self._fixed_prompt_length is None:
+            self._prompt_length = _sequence_length(args, kwargs)
 
     def _hook(self, layer: int):
         def hook(module, args, out):
-            hidden = _block_output(out)
-            new = self.edit(layer, hidden, self._position_mask(hidden))
-            return _replace_output(out, new)
+            hidden = block_output(out)
+            return replace_block_output(out, self.edit(layer, hidden, self._position_mask(hidden)))
 
         return hook
 
@@ -192,67 +258,67 @@ class Intervention:
         return bool(self._handles)
 
 
-def _coef_tensor(coef: float | Sequence[float] | torch.Tensor) -> torch.Tensor:
-    c = torch.as_tensor(coef, dtype=torch.float32)
-    if c.ndim > 1:
-        raise InvalidInputError(f"coef must be a number or a [batch] tensor, got shape {tuple(c.shape)}")
-    if not torch.isfinite(c).all():
-        raise InvalidInputError("coef holds NaN or infinite values")
-    return c
+def coef_tensor(coef: Any, arg: str = "coef") -> torch.Tensor:
+    """A steering coefficient as a float32 tensor: a finite number (0-d) or one finite number per batch row (1-d).
 
-
-def reference_norms(reference: Activations | torch.Tensor, info: ModelInfo) -> torch.Tensor:
-    """``[n_layers]`` mean residual norm per layer from reference activations (for ``unit="rel"``)."""
-    if isinstance(reference, Activations):
-        info_ref = reference.model
-        info_ref.check_compatible(info, what="the reference activations")
-        norms = torch.full((info.n_layers,), float("nan"))
-        norms[list(reference.layers)] = reference.values.norm(dim=-1).mean(0)
-        return norms
-    t = torch.as_tensor(reference, dtype=torch.float32)
-    if t.shape != (info.n_layers,):
-        raise InvalidInputError(f"reference norms must have shape [{info.n_layers}], got {tuple(t.shape)}")
+    Accepts a real number, a 0-d/1-d real tensor or array, or a list of numbers; refuses strings, bools, NaN and
+    infinities, empty or multi-dimensional tensors, naming ``arg``."""
+    if isinstance(coef, np.ndarray):
+        if coef.dtype.kind not in "iuf":
+            raise InvalidInputError(f"{arg} must hold real numbers, got an array of dtype {coef.dtype}")
+        coef = torch.from_numpy(coef)
+    if isinstance(coef, torch.Tensor):
+        if coef.dtype == torch.bool or coef.is_complex():
+            raise InvalidInputError(f"{arg} must hold real numbers, got a tensor of dtype {coef.dtype}")
+        t = coef.detach().to("cpu", torch.float32)
+    elif isinstance(coef, numbers.Real) and not isinstance(coef, bool):
+        t = torch.tensor(float(coef), dtype=torch.float32)
+    elif isinstance(coef, Sequence) and not isinstance(coef, (str, bytes)):
+        for i, c in enumerate(coef):
+            if isinstance(c, bool) or not isinstance(c, numbers.Real):
+                raise InvalidInputError(f"{arg}[{i}] must be a number, got {type(c).__name__} {c!r}")
+        t = torch.tensor([float(c) for c in coef], dtype=torch.float32)
+    else:
+        raise InvalidInputError(f"{arg} must be a number or one number per batch row (a list or a [batch] tensor), "
+                                f"got {type(coef).__name__} {coef!r}")
+    if t.ndim > 1:
+        raise InvalidInputError(f"{arg} must be a number or a [batch] tensor, got shape {tuple(t.shape)}")
+    if t.ndim == 1 and t.numel() == 0:
+        raise InvalidInputError(f"{arg} is empty; pass a number or one coefficient per batch row")
+    if not torch.isfinite(t).all():
+        raise InvalidInputError(f"{arg} holds NaN or infinite values: {t.tolist()}")
     return t
 
 
 class Steer(Intervention):
     """Add ``coef * vector`` to the output of each chosen block (at the chosen positions).
 
-    ``vector``: a PersonaVector, a ``[d]`` tensor (same at every layer) or ``[n_layers, d]``. ``coef``: a float
-    or a ``[batch]`` tensor (one per row). See the module docstring for ``unit`` and ``positions``.
+    ``vector``: a PersonaVector, a ``[d]`` tensor (same at every layer) or ``[n_layers, d]``. ``coef``: a number
+    or a ``[batch]`` tensor (one per row). See the module docstring for ``unit``, ``reference`` and ``positions``.
     """
 
     def __init__(self, model: Any, vector: Any, layers: int | Iterable[int], coef: float | Sequence[float] | torch.Tensor = 1.0,
-                 *, unit: Literal["raw", "unit", "rel"] = "raw", reference: Activations | torch.Tensor | None = None,
-                 positions: Positions = "all", prompt_length: int | None = None):
+                 *, unit: Unit | str = "raw", reference: Any = None, positions: Positions | str = "all",
+                 prompt_length: int | None = None):
         super().__init__(model, layers, positions, prompt_length)
-        if unit not in UNITS:
-            raise InvalidInputError(f"unit={unit!r} is not one of {', '.join(UNITS)}")
-        vecs = _as_layer_vectors(vector, self.info, self.layers, "steering vector")
-        self.unit = unit
-        self.coef = _coef_tensor(coef)
-        self.scale: dict[int, float] = {}
-        if unit == "rel":
+        self.unit = as_choice(Unit, unit, "unit")
+        vecs = layer_vectors(vector, self.info, self.layers, "steering vector")
+        self.coef = coef_tensor(coef)
+        norms = None
+        if self.unit == Unit.REL:
             if reference is None:
                 raise InvalidInputError("unit='rel' needs reference activations (or [n_layers] norms) via reference=")
             norms = reference_norms(reference, self.info)
-            for L in self.layers:
-                if not torch.isfinite(norms[L]):
-                    raise InvalidInputError(f"the reference activations hold no layer {L}; capture it first")
-                _unit(vecs[L], "steering vector", L)  # refuses a zero-norm vector, which rel units cannot scale
-                self.scale[L] = float(norms[L]) / float(vecs[L].norm())
-        elif unit == "unit":
-            for L in self.layers:
-                _unit(vecs[L], "steering vector", L)  # refuses a zero-norm vector
-                self.scale[L] = 1.0 / float(vecs[L].norm())
-        else:
-            self.scale = {L: 1.0 for L in self.layers}
+        elif reference is not None:
+            raise InvalidInputError(f"reference= is only used with unit='rel', not unit={self.unit.value!r}; "
+                                    "drop it or pass unit='rel'")
+        self.scale: dict[int, float] = unit_scales(vecs, self.unit, norms)
         self.vectors = {L: vecs[L] * self.scale[L] for L in self.layers}
-        self.name = _name_of(vector)
+        self.name = name_of(vector)
 
     def edit(self, layer, hidden, mask):
-        v = self._on(self.vectors[layer], hidden)
-        c = self._on(self.coef, hidden)
+        v = self.on_block(self.vectors[layer], hidden)
+        c = self.on_block(self.coef, hidden)
         if c.ndim == 1:
             if c.shape[0] != hidden.shape[0]:
                 raise InvalidInputError(
@@ -266,22 +332,22 @@ class Steer(Intervention):
         return hidden + delta
 
     def record(self):
-        return {**super().record(), "vector": self.name, "coef": self.coef.tolist(), "unit": self.unit,
+        return {**super().record(), "vector": self.name, "coef": self.coef.tolist(), "unit": self.unit.value,
                 "scale_per_layer": {str(L): s for L, s in self.scale.items()}}
 
 
 class Ablate(Intervention):
     """Project the direction of ``vector`` out of each chosen block's output: ``h - (h . u) u``."""
 
-    def __init__(self, model: Any, vector: Any, layers: int | Iterable[int], *, positions: Positions = "all",
+    def __init__(self, model: Any, vector: Any, layers: int | Iterable[int], *, positions: Positions | str = "all",
                  prompt_length: int | None = None):
         super().__init__(model, layers, positions, prompt_length)
-        vecs = _as_layer_vectors(vector, self.info, self.layers, "ablation vector")
-        self.units = {L: _unit(vecs[L], "ablation vector", L) for L in self.layers}
-        self.name = _name_of(vector)
+        vecs = layer_vectors(vector, self.info, self.layers, "ablation vector")
+        self.units = {L: unit(vecs[L], "ablation vector", L) for L in self.layers}
+        self.name = name_of(vector)
 
     def edit(self, layer, hidden, mask):
-        u = self._on(self.units[layer], hidden)
+        u = self.on_block(self.units[layer], hidden)
         delta = (hidden @ u).unsqueeze(-1) * u
         if mask is not None:
             delta = delta * mask.to(hidden.dtype)
@@ -291,138 +357,17 @@ class Ablate(Intervention):
         return {**super().record(), "vector": self.name}
 
 
-@dataclass
-class CapConfig:
-    """A calibrated activation cap: a unit axis and a threshold per capped layer.
-
-    ``kind="floor"`` keeps the projection onto the axis >= threshold (the Assistant-Axis use: stop drifting away
-    from the assistant end); ``"ceiling"`` keeps it <= threshold.
-    """
-
-    axis: dict[int, torch.Tensor]  # layer -> unit [d] float32
-    thresholds: dict[int, float]
-    kind: Literal["floor", "ceiling"]
-    model: ModelInfo
-    percentile: float | None = None
-    reference: str = ""
-    name: str = "assistant_axis"
-    extra: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.kind not in ("floor", "ceiling"):
-            raise InvalidInputError(f"kind must be 'floor' or 'ceiling', got {self.kind!r}")
-        if set(self.axis) != set(self.thresholds) or not self.axis:
-            raise InvalidInputError("axis and thresholds must cover the same, non-empty set of layers")
-        for L, t in self.thresholds.items():
-            if not math.isfinite(t):
-                raise InvalidInputError(f"the threshold at layer {L} is {t}; thresholds must be finite numbers")
-        for L, a in self.axis.items():
-            if a.shape != (self.model.hidden_size,):
-                raise InvalidInputError(f"the axis at layer {L} has shape {tuple(a.shape)}, expected [{self.model.hidden_size}]")
-            self.axis[L] = _unit(a.to(torch.float32), "capping axis", L)
-
-    @property
-    def layers(self) -> list[int]:
-        return sorted(self.axis)
-
-    def save(self, path) -> Any:
-        layers = self.layers
-        md = self.model.to_metadata()
-        md.update(self.extra)
-        md.update({"cap_kind": self.kind, "percentile": "" if self.percentile is None else repr(self.percentile),
-                   "reference": self.reference, "name": self.name, "method": "activation_cap",
-                   "capped_layers": json_meta(layers)})
-        return save_tensors(path, {
-            "axis": torch.stack([self.axis[L] for L in layers]),
-            "thresholds": torch.tensor([self.thresholds[L] for L in layers], dtype=torch.float32),
-            "layers": torch.tensor(layers, dtype=torch.int64),
-        }, md, kind="capping")
-
-    @classmethod
-    def load(cls, path, *, model: Any = None) -> CapConfig:
-        tensors, md = load_tensors(path, kind="capping")
-        info = ModelInfo.from_metadata(md)
-        if model is not None:
-            info.check_compatible(model_info(model), what=f"the capping config {path}")
-        try:
-            layers = tensors["layers"].tolist()
-            axis, thr = tensors["axis"], tensors["thresholds"]
-        except KeyError as e:
-            raise FileFormatError(f"{path}: missing tensor {e}") from e
-        if layers != parse_json_meta(md, "capped_layers", path) or axis.shape != (len(layers), info.hidden_size) \
-                or thr.shape != (len(layers),):
-            raise FileFormatError(f"{path}: tensor shapes do not match the metadata")
-        pct = md.get("percentile", "")
-        reserved = {"format", "kind", "format_version", "package_version", "model", "num_layers", "hidden_size",
-                    "layer_site", "cap_kind", "percentile", "reference", "name", "method", "capped_layers"}
-        return cls(axis={L: axis[i] for i, L in enumerate(layers)},
-                   thresholds={L: float(thr[i]) for i, L in enumerate(layers)},
-                   kind=md["cap_kind"], model=info, percentile=float(pct) if pct else None,
-                   reference=md.get("reference", ""), name=md.get("name", ""),
-                   extra={k: v for k, v in md.items() if k not in reserved})
+_MOVED_TO_CAPPING = ("ActivationCap", "CapConfig", "calibrate_cap")
 
 
-def calibrate_cap(axis: Any, reference: Activations, layers: int | Iterable[int], *, percentile: float = 25.0,
-                  kind: Literal["floor", "ceiling"] = "floor", reference_name: str = "") -> CapConfig:
-    """Thresholds from reference activations: the ``percentile`` of their projections onto the unit axis, per layer.
+def __getattr__(name: str) -> Any:
+    # Transition: the capping names moved to persona_axes.steering.capping; old imports keep working meanwhile.
+    if name in _MOVED_TO_CAPPING:
+        from persona_axes.steering import capping
 
-    E.g. ``calibrate_cap(axis, default_assistant_acts, range(16, 24), percentile=25)`` caps at the 25th percentile
-    of ordinary assistant responses.
-    """
-    if not 0 <= percentile <= 100 or not math.isfinite(percentile):
-        raise InvalidInputError(f"percentile must be in [0, 100], got {percentile}")
-    if not isinstance(reference, Activations):
-        raise InvalidInputError(f"reference must be Activations (from capture(), e.g. of default-assistant replies), "
-                                f"got {type(reference).__name__}; they carry the layers and model the cap needs")
-    info = reference.model
-    from persona_axes.core import normalize_layers
-
-    layer_list = normalize_layers(layers, info.n_layers)
-    vecs = _as_layer_vectors(axis, info, layer_list, "capping axis")
-    units = {L: _unit(vecs[L], "capping axis", L) for L in layer_list}
-    if len(reference) == 0:
-        raise InvalidInputError("the reference activations are empty")
-    thresholds = {}
-    for L in layer_list:
-        proj = reference.at(L) @ units[L]
-        thresholds[L] = float(torch.quantile(proj.double(), percentile / 100.0))
-    return CapConfig(axis=units, thresholds=thresholds, kind=kind, model=info, percentile=percentile,
-                     reference=reference_name or f"{len(reference)} reference items", name=_name_of(axis, "axis"))
+        return getattr(capping, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class ActivationCap(Intervention):
-    """Clamp the projection onto a unit axis at each capped layer, at every position (or chosen positions).
-
-    Floor: ``h + relu(tau - h.u) u``; ceiling: ``h - relu(h.u - tau) u``. The components orthogonal to the axis are
-    untouched, and activations already in range are unchanged.
-    """
-
-    def __init__(self, model: Any, config: CapConfig, layers: int | Iterable[int] | None = None, *,
-                 positions: Positions = "all", prompt_length: int | None = None):
-        info = as_backend(model).info
-        config.model.check_compatible(info, what="the capping config")
-        if layers is None:
-            layers = config.layers
-        super().__init__(model, layers, positions, prompt_length)
-        missing = [L for L in self.layers if L not in config.axis]
-        if missing:
-            raise InvalidInputError(f"the capping config has no threshold for layers {missing}; it covers {config.layers}")
-        self.config = config
-
-    def edit(self, layer, hidden, mask):
-        u = self._on(self.config.axis[layer], hidden)
-        tau = self.config.thresholds[layer]
-        proj = hidden @ u
-        shift = (tau - proj).clamp_min(0) if self.config.kind == "floor" else -(proj - tau).clamp_min(0)
-        delta = shift.unsqueeze(-1) * u
-        if mask is not None:
-            delta = delta * mask.to(hidden.dtype)
-        return hidden + delta
-
-    def record(self):
-        return {**super().record(), "kind": self.config.kind, "percentile": self.config.percentile,
-                "thresholds": {str(L): self.config.thresholds[L] for L in self.layers}}
-
-
-__all__ = ["Intervention", "Steer", "Ablate", "ActivationCap", "CapConfig", "calibrate_cap", "reference_norms",
-           "POSITIONS"]
+__all__ = ["Intervention", "Steer", "Ablate", "reference_norms", "layer_vectors", "coef_tensor", "cache_length",
+           "name_of", "POSITIONS"]

@@ -27,7 +27,8 @@ from persona_axes.activations.readers.base import as_backend
 from persona_axes.activations.batch import capture
 from persona_axes.model.chat import validate_messages
 from persona_axes.errors import ConversationError, FileFormatError, InvalidInputError
-from persona_axes.steering.interventions import _as_layer_vectors, _unit
+from persona_axes.core import check_float, check_int, unit
+from persona_axes.steering.interventions import layer_vectors, name_of
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ class _Smoother:
 
 
 def _unit_axis(axis: Any, info, layer: int) -> torch.Tensor:
-    return _unit(_as_layer_vectors(axis, info, [layer], "axis")[layer], "axis", layer)
+    return unit(layer_vectors(axis, info, [layer], "axis")[layer], "axis", layer)
 
 
 def monitor_transcript(
