@@ -20,17 +20,16 @@ from persona_axes.steering.interventions import Ablate, ActivationCap, CapConfig
 from persona_axes.model.load import LoadedModel, default_model_path, find_layers, load_model
 from persona_axes.steering.monitor import DriftReport, LiveMonitor, monitor_transcript
 from persona_axes.vectors.space import LayerSweep, PersonaSpace
-from persona_axes.vectors.containers import (
-    PersonaVector,
-    VectorSet,
+from persona_axes.vectors.containers import PersonaVector, VectorSet
+from persona_axes.vectors.methods import (
     mean_difference,
     mean_vector,
     pca_difference,
     probe_direction,
-    purify,
     role_vectors,
     trait_vector,
 )
+from persona_axes.vectors.purify import purify
 
 __all__ = [
     "__version__",

@@ -15,19 +15,17 @@ from persona_axes.activations.container import Activations
 from persona_axes.core import ModelInfo
 from persona_axes.errors import FileFormatError, InvalidInputError, LayerOutOfRangeError, ModelMismatchError
 from persona_axes.files import load_tensors, save_tensors
-from persona_axes.vectors.containers import (
+from persona_axes.vectors.containers import PersonaVector, VectorSet
+from persona_axes.vectors.methods import (
     TRAIT_METHODS,
-    PersonaVector,
-    PurifyResult,
-    VectorSet,
     mean_difference,
     mean_vector,
     pca_difference,
     probe_direction,
-    purify,
     role_vectors,
     trait_vector,
 )
+from persona_axes.vectors.purify import PurifyResult, purify
 
 T, D = 6, 64
 INFO = ModelInfo(name="synthetic", n_layers=T, hidden_size=D)

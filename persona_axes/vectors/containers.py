@@ -1,28 +1,15 @@
-"""Persona directions: trait (contrastive) vectors, role vectors, and purification against other directions.
+"""Containers of persona directions: :class:`PersonaVector` (one ``[d]`` direction per model layer) and
+:class:`VectorSet` (several made the same way, one per role, say), and their files.
 
-A :class:`PersonaVector` holds one ``[d]`` direction per model layer, ``vector[L]`` for "layer L" = the output of
-decoder block L (0-based), always covering *every* layer of the model. A :class:`VectorSet` holds several such
-vectors made the same way (one per role, say).
-
-Trait vectors contrast activations with and without a trait (``pos`` / ``neg``):
-
-- ``"mean_diff"`` (:func:`mean_difference`): ``mean(pos) - mean(neg)`` per layer — the method of both papers.
-- ``"pca_diff"`` (:func:`pca_difference`): the first right singular vector of the *paired* differences
-  ``pos[i] - neg[i]`` (uncentred, so a shared shift dominates it).
-- ``"probe"`` (:func:`probe_direction`): the normal of a per-layer logistic-regression probe.
-
-Conventions for the last two, so all three methods come in the same units: the direction is unit-normalised,
-its sign is chosen so that it has a positive dot product with the mean difference, and it is then scaled to the
-*norm of the mean difference* at that layer. Only the direction differs between methods; the length is that of
-``mean_diff``.
-
-All arithmetic is done in float64; results are stored as float32 on the CPU.
+``vector[L]`` is "layer L" = the output of decoder block L (0-based), always covering *every* layer of the model.
+Files are safetensors written through :func:`persona_axes.files.save_tensors` (checksummed over tensors and
+metadata); loading checks the model identity and the shapes against the metadata. How vectors are made lives in
+:mod:`persona_axes.vectors.methods`, purification in :mod:`persona_axes.vectors.purify`.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,24 +17,15 @@ from typing import Any
 
 import torch
 
-from persona_axes.activations.container import Activations, mean64, model_info, nonfinite_rows
-from persona_axes.core import ModelInfo
-from persona_axes.errors import FileFormatError, InvalidInputError, LayerOutOfRangeError
-from persona_axes.files import json_meta, load_tensors, parse_json_meta, save_tensors
+from persona_axes.activations.container import model_info
+from persona_axes.core import ModelInfo, cosine64, normalize_layers, unit
+from persona_axes.errors import FileFormatError, InvalidInputError
+from persona_axes.files import RESERVED_KEYS, json_meta, load_tensors, parse_json_meta, save_tensors
 
 VECTOR_KIND = "vector"
 VECTOR_SET_KIND = "vector_set"
-TRAIT_METHODS = ("mean_diff", "pca_diff", "probe")
-PURIFY_MODES = ("sequential", "symmetric")
-
-_FILE_KEYS = frozenset({"format", "kind", "format_version", "package_version", "model", "num_layers",
-                        "hidden_size", "layer_site"})
-_VECTOR_KEYS = _FILE_KEYS | {"name", "method", "n_samples"}
+_VECTOR_KEYS = RESERVED_KEYS | {"name", "method", "n_samples"}
 _SET_KEYS = _VECTOR_KEYS | {"names", "families"}
-
-#: Below this norm (relative to the largest input norm at that layer) a Gram-Schmidt residual counts as zero: the
-#: inputs are float32, so anything smaller is rounding noise.
-_REL_TOL = 1e-6
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -90,21 +68,7 @@ def _as_layer_tensor(t: Any, model: ModelInfo, what: str) -> torch.Tensor:
 def _layer(layer: int, n_layers: int) -> int:
     if isinstance(layer, bool) or not isinstance(layer, int):
         raise InvalidInputError(f"layer must be an integer, got {layer!r}")
-    if not -n_layers <= layer < n_layers:
-        raise LayerOutOfRangeError(
-            f"layer {layer} is out of range: this model has {n_layers} layers "
-            f"(0..{n_layers - 1}, or negative from the end)"
-        )
-    return layer % n_layers
-
-
-def cosine64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Cosine along the last axis in float64; 0 where either side has zero norm."""
-    a = a.to(torch.float64)
-    b = b.to(torch.float64)
-    den = a.norm(dim=-1) * b.norm(dim=-1)
-    num = (a * b).sum(-1)
-    return torch.where(den > 0, num / den.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(num))
+    return normalize_layers(layer, n_layers)[0]
 
 
 @dataclass
@@ -159,14 +123,12 @@ class PersonaVector:
 
         Raises :class:`InvalidInputError` if a requested row has zero norm (it has no direction).
         """
-        v = self.vector.to(torch.float64) if layer is None else self.at(layer).to(torch.float64)[None]
-        n = v.norm(dim=-1, keepdim=True)
-        zero = (n.squeeze(-1) == 0).nonzero().flatten().tolist()
+        if layer is not None:
+            return unit(self.at(layer), f"vector {self.name!r}", layer)
+        zero = (self.vector.norm(dim=-1) == 0).nonzero().flatten().tolist()
         if zero:
-            where = [layer] if layer is not None else zero
-            raise InvalidInputError(f"the vector {self.name!r} has zero norm at layer(s) {where}; it has no direction")
-        u = (v / n).to(torch.float32)
-        return u if layer is None else u[0]
+            raise InvalidInputError(f"the vector {self.name!r} has zero norm at layer(s) {zero}; it has no direction")
+        return unit(self.vector, f"vector {self.name!r}")
 
     def cosine(self, other: PersonaVector | torch.Tensor) -> torch.Tensor:
         """``[n_layers]`` cosine similarity with ``other`` at each layer (computed in float64, returned float32).
@@ -393,355 +355,19 @@ class VectorSet:
             raise FileFormatError(f"{path}: {e}") from e
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# From activations
-# ---------------------------------------------------------------------------------------------------------------
+_MOVED = {"mean_difference": "methods", "pca_difference": "methods", "probe_direction": "methods",
+          "trait_vector": "methods", "mean_vector": "methods", "role_vectors": "methods", "TRAIT_METHODS": "methods",
+          "purify": "purify", "PurifyResult": "purify", "PURIFY_MODES": "purify"}
 
 
-def _all_layers(acts: Activations, what: str) -> torch.Tensor:
-    """``[n_items, n_model_layers, d]`` (the stored float32, not copied when already in order) with row ``L`` =
-    layer ``L``; checks coverage, emptiness and finiteness. Callers reduce in float64 layer by layer."""
-    if not isinstance(acts, Activations):
-        raise InvalidInputError(f"{what} must be Activations, got {type(acts).__name__}")
-    n_layers = acts.model.n_layers
-    missing = [L for L in range(n_layers) if L not in acts.layers]
-    if missing:
-        raise InvalidInputError(
-            f"{what} lack layer(s) {missing}; a persona vector covers every layer of the model, so capture "
-            "the activations with layers=None"
-        )
-    if len(acts) == 0:
-        raise InvalidInputError(f"{what} hold no items")
-    v = acts.values
-    if list(acts.layers) != list(range(n_layers)):
-        v = v[:, [acts.layers.index(L) for L in range(n_layers)]]
-    bad = len(nonfinite_rows(v))
-    if bad:
-        raise InvalidInputError(
-            f"{what} hold NaN or infinite values in {bad} of {len(acts)} rows; drop those items (e.g. with "
-            "acts.select(...)) or recapture them"
-        )
-    return v
+def __getattr__(name: str) -> Any:
+    """Names that moved to :mod:`~persona_axes.vectors.methods` / :mod:`~persona_axes.vectors.purify` in the
+    redesign, still importable from here for code written before it."""
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(f"persona_axes.vectors.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _pair(pos: Activations, neg: Activations) -> tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(pos, Activations) or not isinstance(neg, Activations):
-        raise InvalidInputError("pos and neg must both be Activations")
-    neg.model.check_compatible(pos.model, what="the negative activations")
-    return _all_layers(pos, "the positive activations"), _all_layers(neg, "the negative activations")
-
-
-def _mean_diff64(p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    return mean64(p) - mean64(n)
-
-
-def _orient_and_scale(u: torch.Tensor, md: torch.Tensor) -> torch.Tensor:
-    """Per layer: unit-normalise ``u [L, d]``, flip so ``u . md >= 0``, scale to ``|md|``."""
-    u = u / u.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
-    sign = torch.where((u * md).sum(-1) < 0, -1.0, 1.0).to(u.dtype)
-    return u * (sign * md.norm(dim=-1))[:, None]
-
-
-def mean_difference(pos: Activations, neg: Activations) -> torch.Tensor:
-    """``[n_layers, d]`` float32: ``mean(pos) - mean(neg)`` at every model layer. Counts may differ.
-
-    Both sets must come from the same model and be captured at every layer (``layers=None``)."""
-    p, n = _pair(pos, neg)
-    return _mean_diff64(p, n).to(torch.float32)
-
-
-def pca_difference(pos: Activations, neg: Activations) -> torch.Tensor:
-    """``[n_layers, d]`` float32: the top principal direction of the paired differences ``pos[i] - neg[i]``.
-
-    Items are paired by index, so both sets must have the same length (the same question answered with and
-    without the trait, say). The direction is the first right singular vector of the *uncentred* difference
-    matrix ``[n_pairs, d]`` — the direction that captures the most of the differences' mean square, which a
-    shared shift dominates (centring would discard exactly that shift). Its sign is chosen to agree with the mean
-    difference and it is scaled to the norm of the mean difference, so it is in the same units as
-    :func:`mean_difference`.
-    """
-    p, n = _pair(pos, neg)
-    if p.shape[0] != n.shape[0]:
-        raise InvalidInputError(
-            f"unequal pos/neg sets ({p.shape[0]} vs {n.shape[0]} items): pca_diff pairs pos[i] with neg[i]; "
-            "pass paired sets of equal length or use method='mean_diff'"
-        )
-    top = torch.empty(p.shape[1], p.shape[2], dtype=torch.float64)
-    for L in range(p.shape[1]):
-        diffs = p[:, L].double() - n[:, L].double()  # [n_pairs, d]
-        top[L] = torch.linalg.svd(diffs, full_matrices=False)[2][0]
-    return _orient_and_scale(top, _mean_diff64(p, n)).to(torch.float32)
-
-
-def probe_direction(pos: Activations, neg: Activations, C: float = 1.0, *, max_iter: int = 2000) -> torch.Tensor:
-    """``[n_layers, d]`` float32: the normal of a logistic-regression probe (pos = 1, neg = 0) at each layer.
-
-    Preprocessing: at each layer the pooled activations are centred and divided by *one* scalar, the root mean
-    per-feature variance, so ``C`` means the same at every layer and in every model (residual norms grow with
-    depth). Features are deliberately not standardised one by one: that would make the L2 penalty anisotropic
-    and tilt the direction towards low-variance dimensions; a single scale keeps the probe rotation-equivariant,
-    so its normal in raw activation space is simply the fitted weight vector. The probe is sklearn's
-    ``LogisticRegression(C=C, class_weight="balanced")`` (balanced, so unequal counts are fine). Its normal is
-    unit-normalised, its sign aligned with the mean difference, and scaled to the mean difference's norm.
-
-    Note: with far fewer items than dimensions the classes are separable and the probe leans towards the
-    max-margin direction, which is noisier than the mean difference; smaller ``C`` pulls it towards the mean
-    difference (the limit ``C -> 0``).
-    """
-    import numpy as np
-    from sklearn.linear_model import LogisticRegression
-
-    if not C > 0:
-        raise InvalidInputError(f"C must be positive, got {C!r}")
-    p, n = _pair(pos, neg)
-    y = [1] * p.shape[0] + [0] * n.shape[0]
-    out = torch.empty(p.shape[1], p.shape[2], dtype=torch.float64)
-    for L in range(p.shape[1]):
-        x = torch.cat([p[:, L], n[:, L]]).double().numpy()  # [N, d]
-        mu = x.mean(0)
-        scale = float(np.sqrt(x.var(0).mean()))
-        if not scale > 0:
-            raise InvalidInputError(f"all activations are identical at layer {L}; a probe cannot separate them")
-        clf = LogisticRegression(C=C, class_weight="balanced", max_iter=max_iter)
-        clf.fit((x - mu) / scale, y)
-        w = torch.from_numpy(clf.coef_[0] / scale)
-        if not w.norm() > 0:
-            raise InvalidInputError(
-                f"the probe at layer {L} learned all-zero weights (too strong regularisation?); increase C"
-            )
-        out[L] = w
-    return _orient_and_scale(out, _mean_diff64(p, n)).to(torch.float32)
-
-
-def trait_vector(pos: Activations, neg: Activations, method: str = "mean_diff", *, name: str = "trait",
-                 C: float = 1.0, metadata: Mapping[str, str] | None = None) -> PersonaVector:
-    """A trait's :class:`PersonaVector` from activations with (``pos``) and without (``neg``) the trait.
-
-    ``method``: ``"mean_diff"`` (:func:`mean_difference`), ``"pca_diff"`` (:func:`pca_difference`, paired sets)
-    or ``"probe"`` (:func:`probe_direction`, regularisation ``C``). All three have the mean difference's norm
-    at each layer and point towards ``pos``. ``n_samples`` is ``len(pos) + len(neg)``; the metadata records
-    ``n_pos`` and ``n_neg``.
-    """
-    if method not in TRAIT_METHODS:
-        raise InvalidInputError(f"method={method!r} is not one of {', '.join(TRAIT_METHODS)}")
-    if method == "mean_diff":
-        v = mean_difference(pos, neg)
-    elif method == "pca_diff":
-        v = pca_difference(pos, neg)
-    else:
-        v = probe_direction(pos, neg, C=C)
-    md = dict(metadata or {})
-    md.update({"n_pos": str(len(pos)), "n_neg": str(len(neg))})
-    if method == "probe":
-        md["C"] = repr(float(C))
-    return PersonaVector(vector=v, model=pos.model, name=name, method=method, n_samples=len(pos) + len(neg),
-                         metadata=md)
-
-
-def mean_vector(acts: Activations, name: str, method: str = "default_mean") -> PersonaVector:
-    """The mean activation over all items at every layer, e.g. the default Assistant's (``method="default_mean"``)."""
-    v = _all_layers(acts, f"the activations for {name!r}")
-    return PersonaVector(vector=mean64(v).to(torch.float32), model=acts.model, name=name,
-                         method=method, n_samples=v.shape[0])
-
-
-def role_vectors(acts: Activations, key: str = "role", min_count: int = 1,
-                 families: Mapping[str, str] | None = None, *, name: str = "roles") -> VectorSet:
-    """One mean activation per value of ``item[key]`` (method ``"role_mean"``), in order of first appearance.
-
-    Groups with fewer than ``min_count`` items are skipped with a warning naming them and their counts; items
-    without ``key`` are skipped with a warning. Values are used as names via ``str()``. ``families`` (optional
-    ``{name: family}``) is kept for the names that remain. Raises :class:`InvalidInputError` if no group is left.
-    """
-    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
-        raise InvalidInputError(f"min_count must be a positive integer, got {min_count!r}")
-    v = _all_layers(acts, "the role activations")
-    groups: dict[str, list[int]] = {}
-    no_key = 0
-    for i, it in enumerate(acts.items):
-        if key not in it or it[key] is None:
-            no_key += 1
-            continue
-        groups.setdefault(str(it[key]), []).append(i)
-    if not groups:
-        raise InvalidInputError(f"no item has metadata key {key!r}; pass key= the field that names the role")
-    if no_key:
-        warnings.warn(f"{no_key} of {len(acts)} items have no {key!r} and were skipped", stacklevel=2)
-    small = {g: len(ix) for g, ix in groups.items() if len(ix) < min_count}
-    if small:
-        listed = ", ".join(f"{g!r} ({c})" for g, c in small.items())
-        warnings.warn(f"skipped {len(small)} group(s) with fewer than min_count={min_count} items: {listed}",
-                      stacklevel=2)
-    kept = {g: ix for g, ix in groups.items() if g not in small}
-    if not kept:
-        raise InvalidInputError(
-            f"no group of {key!r} has at least min_count={min_count} items (largest has "
-            f"{max(len(ix) for ix in groups.values())}); lower min_count or collect more items"
-        )
-    fam = {g: families[g] for g in kept if g in families} if families else {}
-    return VectorSet(
-        vectors={g: v[ix].mean(0, dtype=torch.float64).to(torch.float32) for g, ix in kept.items()},
-        model=acts.model, method="role_mean", n_samples={g: len(ix) for g, ix in kept.items()}, families=fam, name=name,
-        metadata={"key": key},
-    )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Purification
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PurifyResult:
-    """Outcome of :func:`purify`.
-
-    ``vector``: the purified PersonaVector (method ``"purified"``). ``cos_before[name]`` / ``cos_after[name]``:
-    ``[n_layers]`` cosine of the original / purified vector with the *original* other ``name``.
-    ``partners[name]``: ``[n_layers, d]`` the other as orthogonalised by the procedure (Gram-Schmidt order in
-    ``"sequential"`` mode, Löwdin partner in ``"symmetric"`` mode); the purified vector is orthogonal to every
-    partner in both modes, and ``cos_partners[name]`` records that. ``self_cosine``: ``[n_layers]``
-    cos(purified, original) — how much of the trait's own direction is kept.
-    """
-
-    vector: PersonaVector
-    cos_before: dict[str, torch.Tensor]
-    cos_after: dict[str, torch.Tensor]
-    mode: str
-    self_cosine: torch.Tensor
-    partners: dict[str, torch.Tensor]
-    cos_partners: dict[str, torch.Tensor]
-
-
-def _gram_schmidt(rows: torch.Tensor, ref_norm: float) -> tuple[torch.Tensor, list[int]]:
-    """Orthonormal basis of ``rows [k, d]`` (float64) in order, twice-orthogonalised; dependent rows dropped.
-    Returns the basis ``[m, d]`` and the indices of the kept rows."""
-    basis: list[torch.Tensor] = []
-    kept = []
-    for i, r in enumerate(rows):
-        q = r.clone()
-        for _ in range(2):
-            for b in basis:
-                q = q - (q @ b) * b
-        n = q.norm()
-        if n > _REL_TOL * max(ref_norm, float(r.norm()), 1e-300):
-            basis.append(q / n)
-            kept.append(i)
-    d = rows.shape[-1]
-    return (torch.stack(basis) if basis else rows.new_zeros(0, d)), kept
-
-
-def purify(vector: PersonaVector, others: Sequence[PersonaVector] | VectorSet,
-           mode: str = "sequential") -> PurifyResult:
-    """Remove from ``vector`` what it shares with ``others``, layer by layer (float64 inside).
-
-    ``"sequential"`` (Gram-Schmidt): the others are orthonormalised among themselves in the given order (one
-    that lies in the span of earlier ones adds nothing and is skipped), then the vector's projection on each is
-    removed. The result is the component of ``vector`` orthogonal to the span of all others, so
-    ``|cos(purified, other)| ~ 0`` for every original other, and it is the vector in that complement closest to
-    the original (largest ``self_cosine``). The result does not depend on the order of ``others``; the order only
-    fixes the Gram-Schmidt ``partners``.
-
-    ``"symmetric"`` (Löwdin): the unit-normalised set ``[vector, *others]`` with Gram matrix ``S`` is replaced by
-    ``S^{-1/2} U``, the orthonormal set closest to it in least squares with no member privileged, and the vector's
-    member is kept. It is orthogonal to the *orthogonalised* others (``partners``), not to the original ones:
-    ``cos_after`` with the originals is reported but not zero. Every member gives up a share of the overlap, so
-    the trait always keeps at least as much of its own direction as in sequential mode (``self_cosine`` is
-    ``(S^{1/2})_00`` here against ``(S^{-1})_00^{-1/2}`` there; the power-mean inequality orders them). For one
-    other at angle ``t``, the vector turns by ``(90° - t) / 2`` instead of ``90° - t``. The set must be linearly
-    independent.
-
-    Scale in both modes: the purified direction ``u`` (unit) is returned as ``(original . u) u`` — the original
-    vector's own component along it (in sequential mode exactly the Gram-Schmidt residual).
-    Raises :class:`InvalidInputError` where the vector lies (numerically) in the span of the others.
-    """
-    if mode not in PURIFY_MODES:
-        raise InvalidInputError(f"mode={mode!r} is not one of {', '.join(PURIFY_MODES)}")
-    if not isinstance(vector, PersonaVector):
-        raise InvalidInputError(f"vector must be a PersonaVector, got {type(vector).__name__}")
-    if isinstance(others, VectorSet):
-        others = [others[n] for n in others.names]
-    others = list(others)
-    if not others:
-        raise InvalidInputError("no other vectors to purify against")
-    names = []
-    for o in others:
-        if not isinstance(o, PersonaVector):
-            raise InvalidInputError(f"others must be PersonaVectors, got {type(o).__name__}")
-        o.model.check_compatible(vector.model, what=f"the vector {o.name!r}")
-        names.append(o.name)
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise InvalidInputError(f"the other vectors need distinct names; repeated: {dup}")
-
-    v = vector.vector.to(torch.float64)  # [L, d]
-    O = torch.stack([o.vector for o in others]).to(torch.float64).transpose(0, 1)  # [L, k, d]
-    n_layers, k, d = O.shape
-    u = torch.zeros_like(v)
-    partners = torch.zeros_like(O)
-    for L in range(n_layers):
-        vn = float(v[L].norm())
-        if vn == 0:
-            raise InvalidInputError(f"the vector {vector.name!r} is zero at layer {L}; there is nothing to purify")
-        if mode == "sequential":
-            ref = max(vn, float(O[L].norm(dim=-1).max()))
-            basis, kept = _gram_schmidt(O[L], ref)
-            partners[L, kept] = basis
-            r = v[L].clone()
-            for _ in range(2):  # twice is enough for full float64 orthogonality
-                r = r - (basis @ r) @ basis
-            rn = r.norm()
-            if not rn > _REL_TOL * vn:
-                raise InvalidInputError(
-                    f"at layer {L} the vector {vector.name!r} lies in the span of the others; purifying would "
-                    "leave nothing — drop some of the others"
-                )
-            u[L] = r / rn
-        else:
-            M = torch.cat([v[L][None], O[L]])  # [k+1, d]
-            norms = M.norm(dim=-1)
-            zero = [names[i - 1] for i in range(1, k + 1) if norms[i] == 0]
-            if zero:
-                raise InvalidInputError(f"the other vector(s) {zero} are zero at layer {L}; drop them")
-            U = M / norms[:, None]
-            evals, evecs = torch.linalg.eigh(U @ U.T)
-            if not evals.min() > 1e-10:
-                raise InvalidInputError(
-                    f"at layer {L} the vector and the others are linearly dependent (smallest Gram eigenvalue "
-                    f"{float(evals.min()):.2e}); symmetric orthogonalisation needs independent vectors — drop "
-                    "redundant ones or use mode='sequential'"
-                )
-            W = (evecs * evals.rsqrt()) @ evecs.T @ U  # S^{-1/2} U: orthonormal rows
-            u[L] = W[0] / W[0].norm()
-            partners[L] = W[1:]
-    purified = (v * u).sum(-1, keepdim=True) * u
-    pv = PersonaVector(
-        vector=purified.to(torch.float32), model=vector.model, name=vector.name, method="purified",
-        n_samples=vector.n_samples,
-        metadata={**vector.metadata, "purified_from": vector.method, "purify_mode": mode,
-                  "purified_against": json_meta(names)},
-    )
-    p32 = pv.vector
-    return PurifyResult(
-        vector=pv,
-        cos_before={nm: cosine64(v, O[:, i]).to(torch.float32) for i, nm in enumerate(names)},
-        cos_after={nm: cosine64(p32, O[:, i]).to(torch.float32) for i, nm in enumerate(names)},
-        mode=mode,
-        self_cosine=cosine64(p32, v).to(torch.float32),
-        partners={nm: partners[:, i].to(torch.float32) for i, nm in enumerate(names)},
-        cos_partners={nm: cosine64(p32, partners[:, i]).to(torch.float32) for i, nm in enumerate(names)},
-    )
-
-
-__all__ = [
-    "PersonaVector",
-    "VectorSet",
-    "PurifyResult",
-    "TRAIT_METHODS",
-    "mean_difference",
-    "pca_difference",
-    "probe_direction",
-    "trait_vector",
-    "mean_vector",
-    "role_vectors",
-    "purify",
-]
+__all__ = ["PersonaVector", "VectorSet", "VECTOR_KIND", "VECTOR_SET_KIND"]

@@ -23,7 +23,8 @@ import torch
 from persona_axes.activations.container import Activations
 from persona_axes.core import ModelInfo, normalize_layers
 from persona_axes.errors import InvalidInputError, LayerOutOfRangeError, ModelMismatchError
-from persona_axes.vectors.containers import PersonaVector, VectorSet, _all_layers
+from persona_axes.vectors.containers import PersonaVector, VectorSet
+from persona_axes.vectors.methods import all_layer_values
 
 _EPS = torch.finfo(torch.float64).tiny
 
@@ -104,7 +105,7 @@ class PersonaSpace:
 
         ``roles``: a :class:`VectorSet` or a tensor ``[n_roles, n_layers, d]`` whose layer axis covers every model
         layer (row ``L`` = layer ``L``). ``default``: the default Assistant — a PersonaVector (e.g. from
-        :func:`~persona_axes.vectors.containers.mean_vector`), a ``[n_layers, d]`` mean, or Activations captured at every
+        :func:`~persona_axes.vectors.methods.mean_vector`), a ``[n_layers, d]`` mean, or Activations captured at every
         layer (averaged). ``model``: the model identity when neither input carries one (needed only by
         :meth:`assistant_axis`). Returns ``self``.
         """
@@ -204,7 +205,7 @@ class PersonaSpace:
             info = info or default.model
             if isinstance(default, PersonaVector):
                 return default.vector.to(torch.float64), default.n_samples, info
-            v = _all_layers(default, "the default activations")
+            v = all_layer_values(default, "the default activations")
             return v.mean(0, dtype=torch.float64), v.shape[0], info
         if isinstance(default, torch.Tensor):
             D = default.detach().cpu()
