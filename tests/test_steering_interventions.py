@@ -164,3 +164,72 @@ def test_steering_acts_the_same_under_every_backend(tiny, kind):
     assert not torch.allclose(ref.values, plain.values, atol=1e-3)  # the steer really acted
     rel = (got.values - ref.values).norm(dim=-1) / ref.values.norm(dim=-1)
     assert rel.max() <= 1e-4
+
+
+def _edits_per_forward(tiny, layer, make_intervention, run):
+    """For each forward pass of the decoder body during ``run()``: ``(offset, edited)`` where ``edited[b, s]`` says
+    whether position ``offset + s`` of row ``b`` was changed by the intervention at ``layer``. Two hooks of the
+    test's own bracket ours on the block: one registered before the intervention sees the raw output, one after
+    sees the edited output of the same forward."""
+    block = tiny.layers.blocks[layer]
+    raw, steps = [], []
+    h_raw = block.register_forward_hook(lambda mod, a, o: raw.append(o.clone()))
+    try:
+        with make_intervention():
+            h_after = block.register_forward_hook(lambda mod, a, o: steps.append(o.clone()))
+            try:
+                run()
+            finally:
+                h_after.remove()
+    finally:
+        h_raw.remove()
+    out, offset = [], 0
+    for before, after in zip(raw, steps, strict=True):
+        out.append((offset, (after - before).abs().amax(-1) > 0))
+        offset += before.shape[1]
+    return out
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt", "generated"])
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_positions_during_cached_generate(tiny, positions, cache):
+    """With a KV cache, the prompt is the first forward and every later forward is one generated token: 'prompt'
+    edits only the first forward, 'generated' the last prompt position and every later one, 'all' everything.
+    (Under transformers 5.24 the body gets the cache as ``cache=``; the old hook looked for ``past_key_values=``
+    only, saw no past at any step, and 'prompt' edited every generated token.)"""
+    ids, mask = sh.padded_prompts(tiny, 2)
+    P, n_new = ids.shape[1], 5
+    extra = {"cache_implementation": "static"} if cache == "static" else {}
+    steps = _edits_per_forward(
+        tiny, 2, lambda: Steer(tiny, sh.vec(scale=4.0), layers=[2], coef=1.0, positions=positions),
+        lambda: tiny.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new,
+                                    do_sample=False, pad_token_id=0, **extra))
+    assert [s[0] for s in steps] == [0] + [P + i for i in range(n_new - 1)]  # one prompt forward, then one token each
+    for offset, edited in steps:
+        pos = torch.arange(offset, offset + edited.shape[1]).expand_as(edited)
+        expect = {"all": torch.ones_like(edited), "prompt": pos < P, "generated": pos >= P - 1}[positions]
+        assert torch.equal(edited, expect), (positions, offset, edited)
+
+
+def test_positions_do_not_depend_on_the_cache_keyword(tiny):
+    """The past is found by the cache object's type, so a body called with the older keyword
+    (``past_key_values=``) is tracked the same as with ``cache=``."""
+    from transformers import DynamicCache
+
+    ids, mask = sh.padded_prompts(tiny, 1)
+    P = ids.shape[1]
+    body = tiny.layers.body
+
+    def decode(keyword):
+        def run():
+            cache = DynamicCache(config=tiny.model.config)
+            with torch.no_grad():
+                body(input_ids=ids, **{keyword: cache}, use_cache=True)
+                for i in range(3):
+                    body(input_ids=ids[:, -1:], position_ids=torch.tensor([[P + i]]), **{keyword: cache}, use_cache=True)
+        return run
+
+    for keyword in ("cache", "past_key_values"):
+        steps = _edits_per_forward(tiny, 1, lambda: Steer(tiny, sh.vec(), layers=[1], positions="prompt"), decode(keyword))
+        assert [bool(e.any()) for _, e in steps] == [True, False, False, False], keyword
+        assert bool(steps[0][1].all())
