@@ -68,6 +68,10 @@ class JudgeError(PersonaAxesError, RuntimeError):
     """A judge could not score a response (bad reply from an HTTP judge, missing configuration, ...)."""
 
 
+class EngineError(PersonaAxesError, RuntimeError):
+    """A rollout engine could not generate a reply (server unreachable or failing after every retry, bad reply)."""
+
+
 __all__ = [
     "PersonaAxesError",
     "ModelLoadError",
@@ -84,4 +88,5 @@ __all__ = [
     "DataSchemaError",
     "InvalidInputError",
     "JudgeError",
+    "EngineError",
 ]
