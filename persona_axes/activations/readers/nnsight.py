@@ -28,9 +28,9 @@ from typing import Any
 import torch
 
 from persona_axes.errors import ModelLoadError
+from persona_axes.model.layers import block_output
 from persona_axes.model.load import LoadedModel
 from persona_axes.activations.readers.base import Backend, LayerCallback, position_ids_from_mask
-from persona_axes.activations.readers.hf import block_output
 
 PIP_INSTALL = "pip install 'nnsight>=0.8'"
 

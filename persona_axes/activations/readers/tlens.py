@@ -38,15 +38,11 @@ from torch import nn
 
 from persona_axes.errors import ModelLoadError
 from persona_axes.model.load import LoadedModel
-from persona_axes.activations.readers.base import Backend, LayerCallback, position_ids_from_mask
+from persona_axes.activations.readers.base import Backend, LayerCallback, StopForward, layer_reader, position_ids_from_mask
 
 log = logging.getLogger(__name__)
 
 PIP_INSTALL = "pip install 'transformer-lens>=4'"
-
-
-class _StopForward(Exception):
-    """Raised from the hook of the last requested layer to skip the rest of the forward pass."""
 
 
 def _import_transformer_lens():
@@ -216,10 +212,10 @@ class TransformerLensBackend(Backend):
         last = max(layers)
 
         def make_hook(L: int):
+            read = layer_reader(L, last, on_layer)
+
             def hook(tensor: torch.Tensor, hook: Any = None):
-                on_layer(L, tensor)
-                if L == last:
-                    raise _StopForward
+                read(tensor)
                 return None
 
             return hook
@@ -234,7 +230,7 @@ class TransformerLensBackend(Backend):
                     use_cache=False,
                     return_type=None,
                 )
-        except _StopForward:
+        except StopForward:
             pass
 
 
