@@ -1,5 +1,5 @@
-"""Rollouts: request ids, the JSONL store (round trip, truncated tail, foreign runs), resumable generation
-(including a run killed with SIGKILL), per-request seeds, cached judging, presets."""
+"""Rollouts: resumable generation (including a run killed with SIGKILL), per-request seeds, foreign runs, the
+writer lock, cached judging. Requests and presets: test_runs_requests.py; the store: test_runs_store.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from persona_axes.runs import rollouts as R
 from persona_axes.runs.datasets import load_default_prompts, load_questions, load_roles, load_traits
-from persona_axes.errors import FileFormatError, InvalidInputError
+from persona_axes.errors import InvalidInputError
 from persona_axes.steering.generation import SamplingConfig
 from persona_axes.judges.base import RoleScore, TraitScore
 
@@ -35,6 +35,11 @@ def small_requests(n_roles: int = 3, n_questions: int = 2) -> list[R.RolloutRequ
         + R.default_requests(load_default_prompts()[:2], qs)
         + R.trait_requests(traits, pairs=1, questions=2)
     )
+
+
+def make_record(req, response: str = "Arr.", sampling=GREEDY, model="tiny-llama") -> R.Rollout:
+    return R.Rollout.of(req, response=response, model=model, sampling=sampling.to_dict(),
+                        item_seed=R.derive_seed(sampling.seed, req.id), created="2026-01-01T00:00:00+00:00")
 
 
 class CountingGenerate:
@@ -67,149 +72,6 @@ class FakeJudge:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Requests
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def test_request_ids_are_stable_unique_and_readable():
-    roles, qs, traits = load_roles(), load_questions(), load_traits()
-    build = lambda: (R.role_requests(roles, qs, 5) + R.default_requests(load_default_prompts(), qs, samples=2)
-                     + R.trait_requests(traits, "extraction") + R.trait_requests(traits, "evaluation"))
-    a, b = build(), build()
-    assert [r.id for r in a] == [r.id for r in b]
-    assert len({r.id for r in a}) == len(a) == 70 * 5 * 96 + 8 * 96 * 2 + 2 * 12 * 5 * 2 * 20
-    by_id = {r.id: r for r in a}
-    r = by_id["role/pirate/p2/q017/s0"]
-    assert (r.kind, r.name, r.prompt_index, r.question_id, r.sample, r.polarity, r.split) == \
-        ("role", "pirate", 2, "q017", 0, None, None)
-    assert r.system == roles["pirate"].prompts[2] and r.question == next(q.text for q in qs if q.id == "q017")
-    d = by_id["default/p0/q017/s1"]
-    assert d.system == "" and d.messages() == [{"role": "user", "content": d.question}]
-    t = by_id["trait/evil/pos/p3/q05/s0"]
-    assert t.system == traits["evil"].pairs[3][0] and t.question == traits["evil"].extraction_questions[5]
-    e = by_id["trait/evil/eval/neg/p3/q05/s0"]
-    assert e.split == "evaluation" and e.system == traits["evil"].pairs[3][1]
-    assert e.question == traits["evil"].evaluation_questions[5]
-    # the id follows from the content alone, and a wrong one is refused
-    assert R.RolloutRequest(**{k: getattr(t, k) for k in ("kind", "name", "prompt_index", "question_id", "sample",
-                                                           "system", "question", "polarity", "split")}).id == t.id
-    with pytest.raises(InvalidInputError, match="does not match"):
-        R.RolloutRequest("role", "pirate", 2, "q017", 0, "x", "y", id="role/pirate/p1/q017/s0")
-
-
-def test_request_validation_and_builders_errors():
-    with pytest.raises(InvalidInputError):
-        R.RolloutRequest("persona", "x", 0, "q1", 0, "", "q?")
-    with pytest.raises(InvalidInputError, match="polarity"):
-        R.RolloutRequest("trait", "evil", 0, "q1", 0, "be evil", "q?", split="extraction")
-    with pytest.raises(InvalidInputError):
-        R.RolloutRequest("role", "pirate", 0, "q1", 0, "", "q?", polarity="pos")
-    with pytest.raises(InvalidInputError, match="split"):
-        R.trait_requests(load_traits(["evil"]), split="test")
-    with pytest.raises(InvalidInputError, match="prompts_per_role"):
-        R.role_requests(load_roles(), load_questions(), prompts_per_role=6)
-    with pytest.raises(InvalidInputError):
-        R.role_requests(load_roles(), [], prompts_per_role=1)
-
-
-def test_select_questions_spreads_over_categories():
-    qs = load_questions()
-    six = R.select_questions(qs, 6)
-    assert len({q.category for q in six}) == 6
-    assert R.select_questions(qs, 6) == six and len(R.select_questions(qs, 14)) == 14
-    assert R.select_questions(qs, None) == qs
-
-
-def test_derive_seed_depends_on_seed_and_id():
-    assert R.derive_seed(0, "a") == R.derive_seed(0, "a")
-    assert len({R.derive_seed(0, "a"), R.derive_seed(1, "a"), R.derive_seed(0, "b")}) == 3
-    assert 0 <= R.derive_seed(123, "role/pirate/p0/q001/s0") < 2**63
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Store
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def make_record(req: R.RolloutRequest, response: str = "Arr.", sampling=GREEDY, model="tiny-llama") -> R.Rollout:
-    return R.Rollout(**{k: getattr(req, k) for k in R._REQUEST_FIELDS}, response=response, model=model,
-                     sampling=sampling.to_dict(), item_seed=R.derive_seed(sampling.seed, req.id),
-                     created="2026-01-01T00:00:00+00:00")
-
-
-def test_store_round_trip(tmp_path):
-    reqs = small_requests()
-    path = tmp_path / "sub" / "r.jsonl"
-    store = R.RolloutStore(path)
-    assert len(store) == 0 and store.completed_ids() == set()
-    recs = [make_record(r, f"reply {i} \u00e9\u263a\n\"quoted\"") for i, r in enumerate(reqs)]
-    store.append(recs[:5])
-    store.append(recs[5:])
-    again = R.RolloutStore(path)
-    assert again.records() == recs
-    assert again.completed_ids() == {r.id for r in reqs}
-    assert again.get(reqs[3].id) == recs[3] and again.get("nope") is None
-    assert len(path.read_text().splitlines()) == len(reqs)
-    assert all(json.loads(line)["id"] for line in path.read_text().splitlines())
-    rec = again.get("role/" + reqs[0].name + "/p0/" + reqs[0].question_id + "/s0")
-    assert rec.messages() == [{"role": "system", "content": rec.system}, {"role": "user", "content": rec.question},
-                              {"role": "assistant", "content": rec.response}]
-    d = next(r for r in again.records() if r.kind == "default" and r.system == "")
-    assert [m["role"] for m in d.messages()] == ["user", "assistant"]
-    assert again.records("trait") == [r for r in recs if r.kind == "trait"]
-
-
-def test_truncated_last_line_is_dropped_then_repaired(tmp_path):
-    reqs = small_requests()
-    path = tmp_path / "r.jsonl"
-    R.RolloutStore(path).append([make_record(r) for r in reqs[:4]])
-    full = path.read_bytes()
-    R.RolloutStore(path).append([make_record(reqs[4])])
-    path.write_bytes(path.read_bytes()[: len(full) + 37])  # a kill in the middle of writing line 5
-    with pytest.warns(UserWarning, match="truncated last line"):
-        store = R.RolloutStore(path)
-    assert store.completed_ids() == {r.id for r in reqs[:4]}
-    store.append([make_record(r) for r in reqs[4:7]])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        again = R.RolloutStore(path)
-    assert [r.id for r in again.records()] == [r.id for r in reqs[:7]]
-    # a complete last line without its newline is kept, and the next append starts a new line
-    path.write_bytes(path.read_bytes().rstrip(b"\n"))
-    store = R.RolloutStore(path)
-    assert len(store) == 7
-    store.append([make_record(reqs[7])])
-    assert len(R.RolloutStore(path)) == 8
-
-
-def test_corrupt_middle_line_is_an_error(tmp_path):
-    reqs = small_requests()
-    path = tmp_path / "r.jsonl"
-    R.RolloutStore(path).append([make_record(r) for r in reqs[:3]])
-    lines = path.read_text().splitlines()
-    lines[1] = lines[1][:20]
-    path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(FileFormatError, match="line 2"):
-        R.RolloutStore(path)
-    path.write_text('{"hello": 1}\n' + "\n".join(lines[2:]) + "\n")
-    with pytest.raises(FileFormatError):
-        R.RolloutStore(path)
-
-
-def test_nan_scores_are_stored_as_null_and_read_back_as_nan(tmp_path):
-    req = small_requests()[-1]
-    path = tmp_path / "r.jsonl"
-    store = R.RolloutStore(path)
-    store.append([make_record(req)])
-    store.update_judge("none", {req.id: {"score": float("nan"), "rationale": "not judged"}})
-    assert "NaN" not in path.read_text() and json.loads(path.read_text())["judge"]["none"]["score"] is None
-    assert math.isnan(R.RolloutStore(path).get(req.id).score("none"))
-    assert R.RolloutStore(path).get(req.id).score("other") is None
-    with pytest.raises(InvalidInputError):
-        store.update_judge("none", {"missing/id": {"score": 1}})
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Generation and resuming
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -217,7 +79,7 @@ def test_nan_scores_are_stored_as_null_and_read_back_as_nan(tmp_path):
 def test_run_rollouts_records_everything(tiny, tmp_path):
     reqs = small_requests()
     rep = R.run_rollouts(tiny, reqs, tmp_path / "r.jsonl", GREEDY, batch_size=4, progress=False)
-    assert (rep.generated, rep.skipped) == (len(reqs), 0) and rep.seconds > 0 and rep.new_tokens > 0
+    assert (rep.generated, rep.skipped) == (len(reqs), 0) and rep.seconds > 0
     store = R.RolloutStore(tmp_path / "r.jsonl")
     assert store.completed_ids() == {r.id for r in reqs}
     rec = store.get(reqs[0].id)
@@ -254,7 +116,7 @@ from persona_axes.steering.generation import SamplingConfig
 
 loaded = tiny_loaded()
 slow_down(R, "_generate_batch", 0.4)
-from test_rollouts import small_requests
+from test_runs_rollouts import small_requests
 reqs = small_requests(2, 2)
 print("start", flush=True)
 R.run_rollouts(loaded, reqs, {path!r}, SamplingConfig(max_new_tokens={mnt}, temperature={temp}, seed=7),
@@ -424,34 +286,6 @@ def test_judge_failure_keeps_scores_made_so_far(tiny, tmp_path):
     assert sum("fake/v1" in r.judge for r in R.RolloutStore(path)) == 2
     judge = FakeJudge()
     assert R.judge_rollouts(path, judge, batch_size=2, progress=False) == len(reqs) - 2
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Presets
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def test_presets():
-    quick, paper = R.get_preset("quick"), R.get_preset("paper")
-    assert R.get_preset(quick) is quick
-    q = quick.build_requests()
-    assert len({r.id for r in q}) == len(q)
-    assert {r.name for r in q if r.kind == "role"} == set(load_roles())
-    assert {r.name for r in q if r.kind == "trait"} == set(load_traits())
-    assert {r.prompt_index for r in q if r.kind == "role"} == {0}
-    assert len(q) == 70 * 6 + 8 * 6 + 12 * 2 * 5
-    assert quick.sampling().max_new_tokens == quick.max_new_tokens
-    only_traits = quick.build_requests(include=["trait"])
-    assert only_traits == [r for r in q if r.kind == "trait"]
-    p = paper.build_requests()
-    assert len(p) == (70 * 5 * 96 + 8 * 96 + 12 * 5 * 2 * 20) * paper.samples
-    assert paper.temperature > 0 and paper.samples > 1 and paper.max_new_tokens >= 256
-    with pytest.raises(InvalidInputError):
-        quick.build_requests(include=["roles"])
-    smoke = R.get_preset("smoke").build_requests()
-    families = {load_roles()[r.name].family for r in smoke if r.kind == "role"}
-    assert len(families) == 7  # one role per family, so even the smoke run spans persona space
-    assert len(smoke) == 7 * 3 + 3 * 3 + 2 * 2 * 2
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -24,15 +24,26 @@ Keys starting with ``_`` are ignored everywhere (use them for comments); any oth
 
 from __future__ import annotations
 
-import json
-import re
 import warnings
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Iterable
 
 from persona_axes.errors import DataSchemaError
+from persona_axes.runs.data_files import (
+    ID_RE,
+    PACKAGE_PREFIX,
+    Extra,
+    PathLike,
+    SchemaChecker,
+    as_paths,
+    describe_value,
+    merge_entries,
+    package_data,
+    parse_json,
+    read_packaged,
+    read_user,
+)
 
 __all__ = [
     "ROLE_FAMILIES",
@@ -53,8 +64,6 @@ __all__ = [
     "available_traits",
 ]
 
-PathLike = Union[str, Path]
-Extra = Union[PathLike, Sequence[PathLike], None]
 
 ROLES_SCHEMA = "persona_axes.roles/1"
 DEFAULT_PROMPTS_SCHEMA = "persona_axes.default_prompts/1"
@@ -78,9 +87,6 @@ PROMPTS_PER_ROLE = 5
 #: Every trait has exactly this many contrastive instruction pairs.
 PAIRS_PER_TRAIT = 5
 
-_NAME_RE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_PACKAGE_PREFIX = "package:"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -128,200 +134,12 @@ class Question:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Validation helpers
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _describe(value: Any) -> str:
-    """Short, readable rendering of a JSON value for error messages."""
-    if isinstance(value, str):
-        text = repr(value)
-        return text if len(text) <= 60 else text[:57] + "...'"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return f"a list of {len(value)} item(s)"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-class _Checker:
-    """Validates one parsed JSON document and builds error messages naming the file and the field path."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-
-    def fail(self, path: str, problem: str, fix: str) -> DataSchemaError:
-        return DataSchemaError(f"{self.label}: {path}: {problem}. Fix: {fix}")
-
-    def obj(self, value: Any, path: str, required: Sequence[str], what: str) -> dict:
-        if not isinstance(value, dict):
-            raise self.fail(path, f"expected an object ({what}), got {_describe(value)}",
-                            f"write {what} as a JSON object with keys {', '.join(required)}")
-        for key in required:
-            if key not in value:
-                raise self.fail(_join(path, key), "missing required field",
-                                f"add the key {key!r} to {what} (required keys: {', '.join(required)})")
-        for key in value:
-            if key not in required and not (isinstance(key, str) and key.startswith("_")):
-                raise self.fail(_join(path, key), "unknown field",
-                                f"remove it or rename it (allowed keys: {', '.join(required)}; "
-                                "keys starting with '_' are ignored and can hold comments)")
-        return value
-
-    def string(self, value: Any, path: str, fix: str = "use a quoted, non-empty JSON string") -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(path, f"expected a non-empty string, got {_describe(value)}", fix)
-        return value
-
-    def name(self, value: Any, path: str) -> str:
-        self.string(value, path)
-        if not _NAME_RE.match(value):
-            raise self.fail(path, f"expected a snake_case name, got {_describe(value)}",
-                            "use lowercase letters, digits and single underscores, starting with a letter "
-                            "(e.g. 'noir_detective')")
-        return value
-
-    def choice(self, value: Any, path: str, allowed: Sequence[str], what: str) -> str:
-        self.string(value, path)
-        if value not in allowed:
-            raise self.fail(path, f"unknown {what} {_describe(value)}", f"use one of: {', '.join(allowed)}")
-        return value
-
-    def array(self, value: Any, path: str, what: str, *, exactly: int | None = None,
-              non_empty: bool = True) -> list:
-        if not isinstance(value, list):
-            raise self.fail(path, f"expected a list ({what}), got {_describe(value)}",
-                            f"write {what} as a JSON array")
-        if exactly is not None and len(value) != exactly:
-            raise self.fail(path, f"expected exactly {exactly} {what}, got {len(value)}",
-                            f"give exactly {exactly} {what}")
-        if non_empty and not value:
-            raise self.fail(path, f"expected at least one of {what}, got an empty list",
-                            f"add at least one of {what}")
-        return value
-
-    def strings(self, value: Any, path: str, what: str, *, exactly: int | None = None) -> tuple[str, ...]:
-        items = self.array(value, path, what, exactly=exactly)
-        seen: dict[str, int] = {}
-        for i, item in enumerate(items):
-            self.string(item, f"{path}[{i}]", f"write each of {what} as a quoted, non-empty JSON string")
-            if item in seen:
-                raise self.fail(f"{path}[{i}]", f"duplicate of {path}[{seen[item]}] ({_describe(item)})",
-                                f"make {what} distinct: reword or remove one of the duplicates")
-            seen[item] = i
-        return tuple(items)
-
-    def schema_tag(self, doc: Any, expected: str, required: Sequence[str], what: str) -> dict:
-        if not isinstance(doc, dict):
-            raise self.fail("(document)", f"expected a JSON object at top level, got {_describe(doc)}",
-                            f"the file must look like {{\"schema\": \"{expected}\", ...}}")
-        if "schema" not in doc:
-            raise self.fail("schema", "missing required field",
-                            f"add \"schema\": \"{expected}\" at the top level of the {what} file")
-        if doc["schema"] != expected:
-            raise self.fail("schema", f"expected {expected!r}, got {_describe(doc['schema'])}",
-                            f"set \"schema\": \"{expected}\" (is this the right kind of file?)")
-        return self.obj(doc, "(document)", ("schema", *required), f"a {what} file")
-
-
-def _join(path: str, key: str) -> str:
-    return key if path in ("", "(document)") else f"{path}.{key}"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Reading files
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _package_data() -> Any:
-    return resources.files("persona_axes").joinpath("data")
-
-
-def _parse(text: str, label: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataSchemaError(
-            f"{label}: (document): invalid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg}). "
-            "Fix: correct the JSON syntax there (common causes: a trailing comma, single quotes, "
-            "an unescaped double quote inside a string)"
-        ) from None
-
-
-def _read_packaged(relative: str) -> tuple[Any, str, str]:
-    """Parse a packaged file; returns ``(document, label, source)``."""
-    resource = _package_data()
-    for part in relative.split("/"):
-        resource = resource.joinpath(part)
-    try:
-        text = resource.read_text(encoding="utf-8")
-    except (FileNotFoundError, OSError) as exc:  # a broken installation
-        raise DataSchemaError(
-            f"{relative}: (document): packaged data file could not be read ({exc}). "
-            "Fix: reinstall persona-axes; its package data must include data/**/*.json"
-        ) from exc
-    return _parse(text, relative), relative, _PACKAGE_PREFIX + relative
-
-
-def _read_user(path: PathLike) -> tuple[Any, str, str]:
-    """Parse a user file; returns ``(document, label, source)``. The label is the path as given."""
-    p = Path(path).expanduser()
-    label = str(path)
-    if not p.is_file():
-        problem = "is a folder, not a file" if p.is_dir() else "file not found"
-        raise DataSchemaError(f"{label}: (document): {problem}. Fix: pass the path of an existing JSON file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DataSchemaError(f"{label}: (document): not valid UTF-8 text. Fix: save the file as UTF-8 JSON") \
-            from None
-    return _parse(text, label), label, str(p)
-
-
-def _as_paths(extra: Extra) -> list[PathLike]:
-    if extra is None:
-        return []
-    if isinstance(extra, (str, Path)):
-        return [extra]
-    if isinstance(extra, Iterable):
-        paths = list(extra)
-        for p in paths:
-            if not isinstance(p, (str, Path)):
-                raise DataSchemaError(
-                    f"(arguments): extra: expected a path or a list of paths, got an item {_describe(p)}. "
-                    "Fix: pass str or pathlib.Path values"
-                )
-        return paths
-    raise DataSchemaError(
-        f"(arguments): extra: expected a path or a list of paths, got {_describe(extra)}. "
-        "Fix: pass a str, a pathlib.Path, or a list of them"
-    )
-
-
-def _merge(merged: dict, new: dict, kind: str, label: str) -> None:
-    """Add ``new`` entries to ``merged``; a same-key entry replaces the old one with a warning."""
-    for key, value in new.items():
-        if key in merged:
-            old = merged[key]
-            where = "the packaged" if old.source.startswith(_PACKAGE_PREFIX) else f"the one from {old.source}"
-            warnings.warn(f"{label}: {kind} {key!r} replaces {where} {kind} of the same name",
-                          UserWarning, stacklevel=3)
-        merged[key] = value  # a replacement keeps the position of the entry it replaces
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Roles
 # --------------------------------------------------------------------------------------------------------------
 
 
 def _parse_roles(doc: Any, label: str, source: str) -> dict[str, Role]:
-    c = _Checker(label)
+    c = SchemaChecker(label)
     top = c.schema_tag(doc, ROLES_SCHEMA, ("roles",), "roles")
     items = c.array(top["roles"], "roles", "roles")
     out: dict[str, Role] = {}
@@ -347,10 +165,10 @@ def load_roles(extra: Extra = None) -> dict[str, Role]:
 
     Returns ``{name: Role}`` in file order; user roles with a packaged name replace it (with a warning).
     """
-    merged = _parse_roles(*_read_packaged("roles.json"))
-    for path in _as_paths(extra):
-        doc, label, source = _read_user(path)
-        _merge(merged, _parse_roles(doc, label, source), "role", label)
+    merged = _parse_roles(*read_packaged("roles.json"))
+    for path in as_paths(extra):
+        doc, label, source = read_user(path)
+        merge_entries(merged, _parse_roles(doc, label, source), "role", label)
     return merged
 
 
@@ -360,7 +178,7 @@ def load_roles(extra: Extra = None) -> dict[str, Role]:
 
 
 def _parse_questions(doc: Any, label: str) -> dict[str, Question]:
-    c = _Checker(label)
+    c = SchemaChecker(label)
     top = c.schema_tag(doc, QUESTIONS_SCHEMA, ("questions",), "questions")
     items = c.array(top["questions"], "questions", "questions")
     out: dict[str, Question] = {}
@@ -370,8 +188,8 @@ def _parse_questions(doc: Any, label: str) -> dict[str, Question]:
         path = f"questions[{i}]"
         entry = c.obj(raw, path, ("id", "category", "text"), "a question")
         qid = c.string(entry["id"], f"{path}.id", "use a short id such as 'q001'")
-        if not _ID_RE.match(qid):
-            raise c.fail(f"{path}.id", f"invalid id {_describe(qid)}",
+        if not ID_RE.match(qid):
+            raise c.fail(f"{path}.id", f"invalid id {describe_value(qid)}",
                          "use letters, digits, '_', '.' or '-' only (e.g. 'q001')")
         if qid in ids:
             raise c.fail(f"{path}.id", f"duplicate id {qid!r} (also questions[{ids[qid]}])",
@@ -401,11 +219,11 @@ def load_questions(categories: str | Iterable[str] | None = None, extra: Extra =
                 f"questions.json: categories: unknown question categor{'y' if len(unknown) == 1 else 'ies'} "
                 f"{', '.join(map(repr, unknown))}. Fix: use some of: {', '.join(QUESTION_CATEGORIES)}"
             )
-    doc, label, _ = _read_packaged("questions.json")
+    doc, label, _ = read_packaged("questions.json")
     merged = _parse_questions(doc, label)
     sources = {qid: label for qid in merged}
-    for path in _as_paths(extra):
-        doc, label, _ = _read_user(path)
+    for path in as_paths(extra):
+        doc, label, _ = read_user(path)
         new = _parse_questions(doc, label)
         for qid, q in new.items():
             if qid in merged:
@@ -436,12 +254,12 @@ def load_questions(categories: str | Iterable[str] | None = None, extra: Extra =
 
 def load_default_prompts() -> list[str]:
     """System prompts for the plain default assistant; the first is ``""`` (no system prompt at all)."""
-    doc, label, _ = _read_packaged("default_prompts.json")
-    c = _Checker(label)
+    doc, label, _ = read_packaged("default_prompts.json")
+    c = SchemaChecker(label)
     top = c.schema_tag(doc, DEFAULT_PROMPTS_SCHEMA, ("prompts",), "default prompts")
     items = c.array(top["prompts"], "prompts", "default system prompts")
     if items[0] != "":
-        raise c.fail("prompts[0]", f"expected the empty string \"\", got {_describe(items[0])}",
+        raise c.fail("prompts[0]", f"expected the empty string \"\", got {describe_value(items[0])}",
                      "put \"\" (meaning: no system prompt) first in the list")
     seen: dict[str, int] = {}
     for i, prompt in enumerate(items[1:], start=1):
@@ -458,7 +276,7 @@ def load_default_prompts() -> list[str]:
 
 
 def _parse_trait(doc: Any, label: str, source: str, stem: str) -> Trait:
-    c = _Checker(label)
+    c = SchemaChecker(label)
     top = c.schema_tag(doc, TRAIT_SCHEMA,
                        ("name", "description", "pairs", "extraction_questions", "evaluation_questions"), "trait")
     name = c.name(top["name"], "name")
@@ -484,13 +302,13 @@ def _parse_trait(doc: Any, label: str, source: str, stem: str) -> Trait:
     for i, q in enumerate(evaluation):
         if q in where:
             raise c.fail(f"evaluation_questions[{i}]",
-                         f"also appears as extraction_questions[{where[q]}] ({_describe(q)})",
+                         f"also appears as extraction_questions[{where[q]}] ({describe_value(q)})",
                          "extraction and evaluation questions must be disjoint; move or reword it")
     return Trait(name, description, tuple(pairs), extraction, evaluation, source)
 
 
 def _packaged_trait_files() -> dict[str, Any]:
-    folder = _package_data().joinpath("traits")
+    folder = package_data().joinpath("traits")
     return {
         entry.name[: -len(".json")]: entry
         for entry in sorted(folder.iterdir(), key=lambda e: e.name)
@@ -505,7 +323,7 @@ def available_traits() -> list[str]:
 
 def _user_trait_files(extra: Extra) -> list[PathLike]:
     files: list[PathLike] = []
-    for given in _as_paths(extra):
+    for given in as_paths(extra):
         p = Path(given).expanduser()
         if p.is_dir():
             found = sorted(q for q in p.iterdir() if q.suffix == ".json" and q.is_file())
@@ -528,12 +346,12 @@ def load_traits(names: str | Iterable[str] | None = None, extra: Extra = None) -
     merged: dict[str, Trait] = {}
     for stem, entry in _packaged_trait_files().items():
         label = f"traits/{entry.name}"
-        merged[stem] = _parse_trait(_parse(entry.read_text(encoding="utf-8"), label), label,
-                                    _PACKAGE_PREFIX + label, stem)
+        merged[stem] = _parse_trait(parse_json(entry.read_text(encoding="utf-8"), label), label,
+                                    PACKAGE_PREFIX + label, stem)
     for path in _user_trait_files(extra):
-        doc, label, source = _read_user(path)
+        doc, label, source = read_user(path)
         trait = _parse_trait(doc, label, source, Path(path).stem)
-        _merge(merged, {trait.name: trait}, "trait", label)
+        merge_entries(merged, {trait.name: trait}, "trait", label)
     if names is None:
         return merged
     wanted = (names,) if isinstance(names, str) else tuple(names)
