@@ -4,7 +4,7 @@ steering, activation capping and drift monitoring.
 "Layer L" means the output of decoder block L (the residual stream after block L), 0-based, everywhere.
 """
 
-from persona_axes.core import __version__
+from persona_axes.core import __version__, shipped_vectors_dir
 
 from persona_axes.activations.container import Activations
 from persona_axes.activations.readers import BACKENDS, Backend, make_backend
@@ -18,6 +18,8 @@ from persona_axes.activations.extraction import Extraction, extract
 from persona_axes.steering.generation import SamplingConfig, generate_replies
 from persona_axes.steering.interventions import Ablate, ActivationCap, CapConfig, Steer, calibrate_cap
 from persona_axes.model.load import LoadedModel, default_model_path, find_layers, load_model
+from persona_axes.model.gguf import convert_gguf
+from persona_axes.model.templates import chat_template_names, load_chat_template
 from persona_axes.steering.monitor import DriftReport, LiveMonitor, monitor_transcript
 from persona_axes.vectors.space import LayerSweep, PersonaSpace
 from persona_axes.vectors.containers import PersonaVector, VectorSet
@@ -34,7 +36,8 @@ from persona_axes.vectors.purify import purify
 __all__ = [
     "__version__",
     # models, chat, capture
-    "load_model", "default_model_path", "find_layers", "LoadedModel", "make_backend", "Backend", "BACKENDS",
+    "load_model", "default_model_path", "find_layers", "LoadedModel", "convert_gguf", "chat_template_names",
+    "load_chat_template", "make_backend", "Backend", "BACKENDS",
     "ModelInfo", "render_chat", "RenderedChat", "MessageSpan", "capture", "Activations", "extract", "Extraction",
     # data and generation
     "load_roles", "load_traits", "load_questions", "load_default_prompts", "SamplingConfig", "generate_replies",
@@ -44,5 +47,7 @@ __all__ = [
     # interventions and monitoring
     "Steer", "Ablate", "ActivationCap", "CapConfig", "calibrate_cap", "monitor_transcript", "LiveMonitor",
     "DriftReport",
+    # the vectors shipped with the package
+    "shipped_vectors_dir",
     *_errors,
 ]

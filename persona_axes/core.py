@@ -14,6 +14,7 @@ import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -360,8 +361,34 @@ def cosine64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, (a * b).sum(-1) / den.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(den))
 
 
+
+# ---------------------------------------------------------------------------------------------------------------
+# The shipped vectors: package data (persona_axes/data/vectors is a link to the repository's vectors/ folder, the
+# one source of truth; a wheel carries the files themselves), so pip-installed users have them too.
+# ---------------------------------------------------------------------------------------------------------------
+
+DEFAULT_SHIPPED = "smollm2-135m-instruct"
+
+
+def shipped_vectors_dir(model: str = DEFAULT_SHIPPED) -> Path:
+    """The folder of the vectors shipped for ``model`` (``assistant_axis.safetensors``, ``capping.safetensors``,
+    ``roles.safetensors``, ``default.safetensors``, ``traits/``, ``summary.json``), inside the installed package.
+
+    >>> pa.PersonaVector.load(pa.shipped_vectors_dir() / "assistant_axis.safetensors")
+    """
+    root = Path(__file__).resolve().parent / "data" / "vectors"
+    if not isinstance(model, str) or not model or "/" in model or "\\" in model or model.startswith("."):
+        raise InvalidInputError(f"model must be the name of a shipped vectors folder, got {model!r}")
+    folder = root / model
+    if not folder.is_dir():
+        known = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        raise InvalidInputError(f"no shipped vectors for {model!r}; shipped: {', '.join(known) or 'none found in '}"
+                                f"{'' if known else str(root)}")
+    return folder
+
+
 __all__ = [
     "__version__", "LAYER_SITE", "LAYER_SPEC_FORMS", "Choice", "Positions", "Unit", "Reduce", "Which", "CapKind", "RolloutKind",
     "PaddingSide", "as_choice", "check_int", "check_float", "check_finite", "ModelInfo", "normalize_layers",
-    "parse_layer_spec", "format_layers", "unit", "cosine64",
+    "parse_layer_spec", "format_layers", "unit", "cosine64", "DEFAULT_SHIPPED", "shipped_vectors_dir",
 ]

@@ -200,3 +200,128 @@ def test_rollouts_then_extract(capsys, tmp_path):
     assert rc == 0, err
     rc, out, _ = run(capsys, "info", tmp_path / "acts.safetensors")
     assert rc == 0 and "items: 2" in out and "captured layers: 8-11" in out
+
+
+# ------------------------------------------------------------------------------------- entry points (issue 15)
+
+
+def test_no_arguments_prints_help_and_exits_0(capsys):
+    rc, out, err = run(capsys)
+    assert rc == 0 and "usage: persona-axes" in out and "chat" in out and "error" not in err
+
+
+def test_version(capsys):
+    from persona_axes.core import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"persona-axes {__version__}"
+
+
+def test_python_dash_m_runs_the_cli():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    p = subprocess.run([sys.executable, "-m", "persona_axes", "--version"], capture_output=True, text=True, cwd=root,
+                       timeout=120)
+    assert p.returncode == 0 and p.stdout.startswith("persona-axes "), p.stderr
+    p = subprocess.run([sys.executable, "-m", "persona_axes"], capture_output=True, text=True, cwd=root, timeout=120)
+    assert p.returncode == 0 and "usage: persona-axes" in p.stdout, p.stderr
+
+
+def test_info_gguf_names_the_layer_of_the_max_norm_and_prints_norms(capsys, tmp_path):
+    """The max norm is reported at its LAYER (direction.N), not at its position in the file (was: layer 28 for the
+    norm of direction.29), and the norms of our own exports are printed, per layer with --layers."""
+    import numpy as np
+
+    from persona_axes.export import read_gguf_directions
+
+    out_path = tmp_path / "axis.gguf"
+    assert run(capsys, "export", VEC / "assistant_axis.safetensors", "--format", "gguf", "--out", out_path)[0] == 0
+    rc, out, _ = run(capsys, "info", out_path, "--layers")
+    assert rc == 0
+    norms = {L: float(np.linalg.norm(d.astype(np.float64))) for L, d in read_gguf_directions(out_path).items()}
+    L_max = max(norms, key=norms.get)
+    shipped = PersonaVector.load(VEC / "assistant_axis.safetensors").norms()
+    assert L_max == int(shipped[1:].argmax()) + 1  # the same layer in the source file (layer 0 is not exported)
+    line = next(ln for ln in out.splitlines() if ln.startswith("norms:"))
+    assert f"max {norms[L_max]:.3g} (layer {L_max})" in line
+    assert f"  layer {L_max:>3}: |v| {norms[L_max]:.4g}" in out
+    # a subset of layers: positions and layers differ by 10
+    sub = tmp_path / "sub.gguf"
+    assert run(capsys, "export", VEC / "assistant_axis.safetensors", "--format", "gguf", "--out", sub,
+               "--layers", "10:15")[0] == 0
+    rc, out, _ = run(capsys, "info", sub)
+    want = max(range(10, 15), key=lambda L: float(shipped[L]))
+    assert rc == 0 and f"(layer {want})" in out
+
+
+def test_unknown_file_kind_error_names_no_option_the_cli_lacks(capsys, tmp_path):
+    p = tmp_path / "notes.txt"
+    p.write_text("not a vector")
+    rc, _, err = run(capsys, "info", p)
+    assert_one_line_error(rc, err, "notes.txt")
+    assert "format=" not in err
+
+
+def test_monitor_help_threshold_is_the_shipped_floor(capsys):
+    """The example threshold in `monitor --help` is the shipped capping floor at layer 20 (was 2.5)."""
+    import re
+
+    from persona_axes.steering.capping import CapConfig
+
+    with pytest.raises(SystemExit):
+        main(["monitor", "--help"])
+    out = capsys.readouterr().out
+    m = re.search(r"--layer 20 --threshold ([+-]?\d+(?:\.\d+)?)", out)
+    assert m, out
+    floor = CapConfig.load(VEC / "capping.safetensors").thresholds[20]
+    assert abs(float(m.group(1)) - floor) < 0.05
+
+
+MODEL_COMMANDS = ("demo", "pipeline", "steer", "cap", "chat", "monitor", "rollouts", "extract")
+
+
+def test_every_command_that_loads_a_model_takes_the_placement_flags():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, sp in sub.choices.items():
+        flags = {s for a in sp._actions for s in a.option_strings}
+        if "--model" in flags or name in MODEL_COMMANDS:
+            assert {"--model", "--dtype", "--device", "--device-map", "--trust-remote-code"} <= flags, name
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["--dtype", "bf16"], {"dtype": "bf16"}),
+    (["--device", "cpu", "--dtype", "float16"], {"device": "cpu", "dtype": "float16"}),
+    (["--device-map", "auto", "--trust-remote-code"], {"device_map": "auto", "trust_remote_code": True}),
+    ([], {}),
+])
+def test_model_flags_reach_load_model(monkeypatch, capsys, tmp_path, argv, want):
+    """The flags are passed to load_model as they are (it validates them); the command stops at our sentinel."""
+    import persona_axes.cli.common as common
+    import persona_axes.model.load as load
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_load_model(name=None, **kw):
+        seen.update(kw, name=name)
+        raise Stop
+
+    monkeypatch.setattr(load, "load_model", fake_load_model)
+    monkeypatch.setattr(common, "_MODEL_CACHE", {})  # a model an earlier test loaded must not answer instead
+    transcript = tmp_path / "t.json"
+    transcript.write_text(json.dumps([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]))
+    with pytest.raises(Stop):
+        main(["--debug", "monitor", str(transcript), "--axis", str(VEC / "assistant_axis.safetensors"),
+              "--layer", "20", *argv])
+    assert seen == {"name": None, **want}
+
+
+def test_device_and_device_map_together_are_refused(capsys, tmp_path):
+    rc, _, err = run(capsys, "steer", "--vector", VEC / "assistant_axis.safetensors", "--layers", "20", "--coef",
+                     "1", "--prompt", "hi", "--device", "cpu", "--device-map", "auto")
+    assert_one_line_error(rc, err, "--device", "--device-map")

@@ -28,8 +28,9 @@ _MODEL_CACHE: dict[tuple, object] = {}
 
 __all__ = [
     "LAYER_HELP", "LAYER_SPEC_FORMS", "SIGNED_VALUE_FLAGS", "add_command", "add_model_args", "conversation",
-    "file_kind", "fix_signed_values", "format_layers", "load_model_from_args", "norm_summary", "one_line",
-    "parse_coefs", "parse_layer_spec", "preflight", "read_header", "read_vector", "require_file",
+    "file_kind", "fix_signed_values", "format_layers", "load_model_from_args", "model_options", "norm_summary",
+    "one_line", "parse_coefs", "parse_layer_spec", "preflight", "read_header", "read_vector", "require_file",
+    "shipped_file",
 ]
 
 
@@ -43,9 +44,33 @@ def add_command(sub: Any, name: str, help: str, description: str, epilog: str,
 
 
 def add_model_args(sp: argparse.ArgumentParser) -> None:
-    """The flags of every command that loads a model."""
-    sp.add_argument("--model", default=None, help="HF id or local folder (default: embedded SmolLM2)")
-    sp.add_argument("--device", default=None, help="torch device (default: cpu)")
+    """The flags of every command that loads a model (passed on to :func:`persona_axes.model.load.load_model`)."""
+    g = sp.add_argument_group("model")
+    g.add_argument("--model", default=None, help="HF id, local folder or .gguf file (default: embedded SmolLM2)")
+    g.add_argument("--dtype", default=None, help="weights dtype: float32, bfloat16 (bf16), float16 (fp16) or auto "
+                   "(default: as loaded, float32 on CPU)")
+    g.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1, mps (default: cpu)")
+    g.add_argument("--device-map", default=None, help="accelerate placement instead of --device, e.g. auto or "
+                   "balanced (spreads a large model over GPUs / CPU / disk)")
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the model's own code from its folder or hub repo (only for models you trust)")
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``load_model`` keyword arguments from the model flags (those a command has)."""
+    if getattr(args, "device", None) and getattr(args, "device_map", None):
+        raise InvalidInputError("give --device or --device-map, not both (--device-map places the model itself)")
+    opts = {"device": getattr(args, "device", None), "dtype": getattr(args, "dtype", None),
+            "device_map": getattr(args, "device_map", None),
+            "trust_remote_code": bool(getattr(args, "trust_remote_code", False))}
+    return {k: v for k, v in opts.items() if v not in (None, False)}
+
+
+def shipped_file(name: str) -> str:
+    """A file of the vectors shipped for the embedded SmolLM2 (the defaults of ``chat``), as a path string."""
+    from persona_axes.core import shipped_vectors_dir
+
+    return str(shipped_vectors_dir() / name)
 
 
 def one_line(e: BaseException | str) -> str:
@@ -132,13 +157,14 @@ def preflight(info: ModelInfo | None, model: str | None, what: str) -> None:
 
 
 def load_model_from_args(args: argparse.Namespace):
-    """The model named by ``--model``/``--device`` (loaded once per process), with a one-line note on stderr."""
+    """The model named by the model flags (loaded once per process), with a one-line note on stderr."""
     from persona_axes.model.load import load_model
 
-    key = (args.model, getattr(args, "device", None))
+    opts = model_options(args)
+    key = (args.model, tuple(sorted(opts.items())))
     if key not in _MODEL_CACHE:
         t0 = time.time()
-        _MODEL_CACHE[key] = load_model(args.model, device=getattr(args, "device", None))
+        _MODEL_CACHE[key] = load_model(args.model, **opts)
         loaded = _MODEL_CACHE[key]
         print(f"model: {loaded.name} ({loaded.layers.n_layers} layers, d={loaded.layers.hidden_size}; "
               f"loaded in {time.time() - t0:.1f}s)", file=sys.stderr)

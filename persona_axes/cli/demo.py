@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from persona_axes.cli.common import add_model_args
+from persona_axes.cli.common import add_model_args, model_options
 
 DEMO_QUESTION = "Tell me about yourself in two sentences."
 
@@ -21,7 +21,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     preset = get_preset(args.preset)
     t0 = time.time()
-    loaded = load_model(args.model, device=args.device)
+    loaded = load_model(args.model, **model_options(args))
     n = len(preset.build_requests())
     print(f"model: {loaded.name} ({loaded.layers.n_layers} layers, d={loaded.layers.hidden_size}); preset "
           f"{preset.name}: {n} rollouts of up to {preset.max_new_tokens} tokens, judge {args.judge}; "
@@ -54,7 +54,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     from persona_axes.model.load import load_model
     from persona_axes.runs.stages import PipelineConfig, run_pipeline
 
-    loaded = load_model(args.model, device=args.device)
+    loaded = load_model(args.model, **model_options(args))
     cfg = PipelineConfig(preset=args.preset, judge=args.judge, seed=args.seed)
     res = run_pipeline(loaded, args.out, cfg, progress=not args.quiet)
     s = res.summary

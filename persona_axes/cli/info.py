@@ -11,32 +11,29 @@ import torch
 from persona_axes.cli.common import add_command, file_kind, format_layers, norm_summary, read_header
 
 
-def _info_gguf(path: str) -> int:
-    from persona_axes.export.formats import _read_gguf
+def _info_gguf(path: str, per_layer: bool) -> int:
+    from persona_axes.export import read_gguf_directions, read_gguf_metadata
 
-    fields, tensors = _read_gguf(path, check_arch=False)
-
-    def val(key):
-        return fields[key][1] if key in fields else None
-
-    dirs = sorted(int(n.split(".")[1]) for n, *_ in tensors if n.startswith("direction.") and n.split(".")[1].isdigit())
-    sizes = {shape[0] if shape else 0 for n, _, shape, _ in tensors}
+    fields = read_gguf_metadata(path)
+    dirs = read_gguf_directions(path)  # {layer N: [d]}, keyed by the N of direction.N
     ours = any(k.startswith("persona_axes.") for k in fields)
     print(f"file: {path}")
     print(f"format: GGUF control vector ({'written by persona_axes' if ours else 'foreign: llama.cpp/repeng style'})")
-    print(f"architecture: {val('general.architecture')}")
-    print(f"model hint: {val('controlvector.model_hint')}")
-    print(f"layer_count: {val('controlvector.layer_count')}")
+    print(f"architecture: {fields.get('general.architecture')}")
+    print(f"model hint: {fields.get('controlvector.model_hint')}")
+    print(f"layer_count: {fields.get('controlvector.layer_count')}")
     print(f"layers present: {format_layers(dirs)} ({len(dirs)} direction tensors)")
-    print(f"hidden size: {', '.join(str(s) for s in sorted(sizes)) or '?'}")
+    print(f"hidden size: {', '.join(str(s) for s in sorted({d.shape[0] for d in dirs.values()})) or '?'}")
     for k in sorted(fields):
         if k.startswith("persona_axes."):
-            v = val(k)
+            v = fields[k]
             print(f"{k}: {v if len(str(v)) < 100 else str(v)[:97] + '...'}")
-    norms = {int(n.split(".")[1]): float(np.linalg.norm(np.asarray(d, dtype=np.float64)))
-             for n, _, _, d in tensors if n.startswith("direction.") and n.split(".")[1].isdigit()}
+    norms = {L: float(np.linalg.norm(d.astype(np.float64))) for L, d in dirs.items()}
     if norms:
-        print(f"norms: {norm_summary([norms[L] for L in sorted(norms)])}")
+        print(f"norms: {norm_summary(list(norms.values()), list(norms))}")
+        if per_layer:
+            for L, n in norms.items():
+                print(f"  layer {L:>3}: |v| {n:.4g}")
     return 0
 
 
@@ -49,7 +46,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     path = args.path
     fmt, kind = file_kind(path)
     if fmt in ("gguf", "repeng"):
-        return _info_gguf(path)
+        return _info_gguf(path, args.layers)
     if fmt == "numpy":
         v = import_numpy(path)
         kind, objects = "vector", v
@@ -126,4 +123,4 @@ def register(sub: Any) -> None:
         "  persona-axes info vectors/smollm2-135m-instruct/capping.safetensors\n  persona-axes info axis.gguf",
         _cmd_info)
     info.add_argument("path", help="the file")
-    info.add_argument("--layers", action="store_true", help="also print the norm at every layer (vectors)")
+    info.add_argument("--layers", action="store_true", help="also print the norm at every layer (vectors, GGUF control vectors)")

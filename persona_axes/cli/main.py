@@ -10,16 +10,19 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from persona_axes.cli import demo, export, info, interventions, monitor, runs
+from persona_axes.cli import chat, demo, export, info, interventions, monitor, plan, runs, verify
 from persona_axes.cli.common import fix_signed_values, one_line
+from persona_axes.core import __version__
 from persona_axes.errors import PersonaAxesError
 
 #: The command groups, in the order ``--help`` lists them; each module exposes ``register(subparsers)``.
-COMMANDS = [demo, info, interventions, monitor, export, runs]
+COMMANDS = [demo, info, interventions, chat, monitor, export, runs, plan, verify]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="persona-axes", description="Persona directions in language models.")
+    p = argparse.ArgumentParser(prog="persona-axes", description="Persona directions in language models.",
+                                epilog="Run 'persona-axes COMMAND --help' for a command's options and examples.")
+    p.add_argument("--version", action="version", version=f"persona-axes {__version__}")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True)
     for group in COMMANDS:
@@ -29,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    if not argv:  # a first try: show what there is, not an error
+        parser.print_help()
+        return 0
     args = parser.parse_args(fix_signed_values(argv))
     with warnings.catch_warnings():
         if not args.debug:  # warnings as one line each, like errors

@@ -52,9 +52,10 @@ def register(sub: Any) -> None:
         "One forward pass over a JSON/JSONL transcript (a list of {role, content} messages, or "
         "{\"messages\": [...]}); prints the mean projection of every message onto the unit axis at --layer, the "
         "smoothed value (--ema) and an alert where it crosses --threshold. Optionally writes the records as JSON "
-        "and a plotly HTML figure.",
+        "and a plotly HTML figure. A threshold to start from: the capping config's value at the layer (persona-axes "
+        "info vectors/smollm2-135m-instruct/capping.safetensors lists them; +11.49 at layer 20).",
         "example:\n  persona-axes monitor chat.json --axis vectors/smollm2-135m-instruct/assistant_axis.safetensors "
-        "--layer 20 --threshold 2.5 --ema 0.5 --html drift.html --json drift.json",
+        "--layer 20 --threshold 11.5 --ema 0.5 --html drift.html --json drift.json",
         _cmd_monitor)
     add_model_args(mon)
     mon.add_argument("transcript", help="JSON or JSONL transcript")
