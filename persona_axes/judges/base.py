@@ -54,6 +54,8 @@ __all__ = [
     "judge_from_spec",
     "accepts_role",
     "keeps_trait_sample",
+    "role_item_accepted",
+    "trait_item_kept",
     "coerce_items",
     "short_text",
 ]
@@ -153,6 +155,19 @@ def keeps_trait_sample(score: TraitScore | float, positive: bool, threshold: flo
     if math.isnan(value):
         return True
     return value > threshold if positive else value < threshold
+
+
+def role_item_accepted(item: Mapping[str, Any], threshold: int = ROLE_ACCEPT_THRESHOLD) -> bool:
+    """The one acceptance rule for a captured role reply, given its item metadata: kept when its ``"score"`` passes
+    :func:`accepts_role`, or when it was not judged (``score`` None or absent)."""
+    score = item.get("score")
+    return score is None or accepts_role(int(score), threshold)
+
+
+def trait_item_kept(item: Mapping[str, Any], positive: bool, threshold: float = TRAIT_HIGH_THRESHOLD) -> bool:
+    """The same for a captured trait reply: :func:`keeps_trait_sample` on its ``"score"``; not judged = kept."""
+    score = item.get("score")
+    return score is None or keeps_trait_sample(float(score), positive, threshold)
 
 
 def coerce_items(items: Any, cls: type, what: str) -> list:
