@@ -363,6 +363,27 @@ def cosine64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Progress bars
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def progress_bar(iterable: Iterable | None = None, **kwargs: Any):
+    """A tqdm progress bar: the notebook widget where ``ipywidgets`` is installed, else the plain text bar (which
+    Jupyter shows as text). ``tqdm.auto`` would instead warn "IProgress not found" in every Jupyter cell that runs
+    without ipywidgets. Takes tqdm's arguments (``total``, ``desc``, ``unit``, ``disable`` ...)."""
+    return _tqdm_class()(iterable, **kwargs)
+
+
+def _tqdm_class():
+    import importlib.util
+
+    if importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm.std import tqdm
+    return tqdm
+
+# ---------------------------------------------------------------------------------------------------------------
 # The shipped vectors: package data (persona_axes/data/vectors is a link to the repository's vectors/ folder, the
 # one source of truth; a wheel carries the files themselves), so pip-installed users have them too.
 # ---------------------------------------------------------------------------------------------------------------
@@ -390,5 +411,5 @@ def shipped_vectors_dir(model: str = DEFAULT_SHIPPED) -> Path:
 __all__ = [
     "__version__", "LAYER_SITE", "LAYER_SPEC_FORMS", "Choice", "Positions", "Unit", "Reduce", "Which", "CapKind", "RolloutKind",
     "PaddingSide", "as_choice", "check_int", "check_float", "check_finite", "ModelInfo", "normalize_layers",
-    "parse_layer_spec", "format_layers", "unit", "cosine64", "DEFAULT_SHIPPED", "shipped_vectors_dir",
+    "parse_layer_spec", "format_layers", "unit", "cosine64", "DEFAULT_SHIPPED", "shipped_vectors_dir", "progress_bar",
 ]
