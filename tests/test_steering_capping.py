@@ -7,7 +7,7 @@ import torch
 
 import persona_axes as pa
 from persona_axes.core import ModelInfo
-from persona_axes.errors import InvalidInputError, ModelMismatchError
+from persona_axes.errors import FileFormatError, InvalidInputError, ModelMismatchError
 from persona_axes.steering.capping import ActivationCap, CapConfig, calibrate_cap
 
 import steering_helpers as sh
@@ -82,3 +82,127 @@ def test_bad_inputs(tiny):
 
 def tiny_info(tiny):
     return pa.make_backend(tiny).info
+
+
+# -- bad inputs: every public argument is checked at the boundary, with a typed error naming it -------------------
+def _good(tiny):
+    return dict(axis={1: sh.vec(), 2: sh.vec(2)}, thresholds={1: 0.5, 2: -1.0}, kind="floor", model=tiny_info(tiny))
+
+
+CAPCONFIG_BAD = [
+    ("kind-unknown", {"kind": "middle"}, "kind must be 'floor' or 'ceiling', got 'middle'"),
+    ("kind-int", {"kind": 0}, "kind must be 'floor' or 'ceiling', got 0"),
+    ("model-not-info", {"model": "tiny-llama"}, "model must be a ModelInfo"),
+    ("axis-not-dict", {"axis": [sh.vec(), sh.vec(2)]}, "axis and thresholds must be dicts"),
+    ("axis-layer-str", {"axis": {"1": sh.vec(), 2: sh.vec(2)}}, "axis layer must be an integer"),
+    ("axis-layer-range", {"axis": {1: sh.vec(), 9: sh.vec(2)}, "thresholds": {1: 0.0, 9: 0.0}}, "axis layer must be <= 3"),
+    ("axis-not-tensor", {"axis": {1: [0.0] * 64, 2: sh.vec(2)}}, "axis[1] must be a real tensor"),
+    ("axis-width", {"axis": {1: torch.ones(65), 2: sh.vec(2)}}, "axis at layer 1 has shape (65,)"),
+    ("axis-nan", {"axis": {1: torch.full((64,), float("nan")), 2: sh.vec(2)}}, "capping axis holds NaN"),
+    ("threshold-str", {"thresholds": {1: "0.5", 2: 0.0}}, "thresholds[1] must be a number"),
+    ("threshold-inf", {"thresholds": {1: float("inf"), 2: 0.0}}, "threshold at layer 1 is inf"),
+    ("threshold-nan-tensor", {"thresholds": {1: torch.tensor(float("nan")), 2: 0.0}}, "thresholds[1] must be finite"),
+    ("layers-empty", {"axis": {}, "thresholds": {}}, "same, non-empty set of layers"),
+    ("percentile-range", {"percentile": 101.0}, "percentile must be in [0, 100], got 101"),
+    ("percentile-str", {"percentile": "25"}, "percentile must be a number"),
+    ("percentile-nan", {"percentile": float("nan")}, "percentile must be finite"),
+    ("reference-not-str", {"reference": 3}, "reference must be a string"),
+    ("name-not-str", {"name": None}, "name must be a string"),
+    ("extra-not-str", {"extra": {"note": 1}}, "extra must be a dict of strings"),
+    ("extra-reserved", {"extra": {"cap_kind": "ceiling"}}, "extra uses reserved metadata keys ['cap_kind']"),
+    ("extra-reserved-file-key", {"extra": {"sha256": "0"}}, "extra uses reserved metadata keys ['sha256']"),
+]
+
+
+@pytest.mark.parametrize("change, needle", [pytest.param(*c[1:], id=c[0]) for c in CAPCONFIG_BAD])
+def test_capconfig_refuses_bad_fields(tiny, change, needle):
+    with pytest.raises(InvalidInputError) as e:
+        CapConfig(**{**_good(tiny), **change})
+    assert needle in str(e.value), str(e.value)
+
+
+def test_fields_edited_after_construction_are_refused_before_use(tiny, tmp_path):
+    """NaN must never be saved or applied: validate() runs again in save() and ActivationCap()."""
+    cfg = CapConfig(**_good(tiny))
+    cfg.thresholds[1] = float("nan")
+    with pytest.raises(InvalidInputError, match="threshold at layer 1 is nan"):
+        cfg.save(tmp_path / "cap.safetensors")
+    assert not (tmp_path / "cap.safetensors").exists()
+    with pytest.raises(InvalidInputError, match="threshold at layer 1 is nan"):
+        ActivationCap(tiny, cfg)
+    cfg = CapConfig(**_good(tiny))
+    cfg.axis[2] = cfg.axis[2] * 3
+    with pytest.raises(InvalidInputError, match="axis at layer 2 is not a unit vector"):
+        ActivationCap(tiny, cfg)
+    cfg = CapConfig(**_good(tiny))
+    cfg.kind = "sideways"
+    with pytest.raises(InvalidInputError, match="kind must be 'floor' or 'ceiling'"):
+        cfg.save(tmp_path / "cap.safetensors")
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"percentile": 150}, "percentile must be in [0, 100]"),
+    ({"percentile": -0.5}, "percentile must be in [0, 100]"),
+    ({"percentile": "25"}, "percentile must be a number"),
+    ({"percentile": float("inf")}, "percentile must be finite"),
+    ({"kind": "lid"}, "kind must be 'floor' or 'ceiling'"),
+    ({"reference_name": 7}, "reference_name must be a string"),
+    ({"reference": "acts.safetensors"}, "reference must be Activations"),
+    ({"layers": []}, "no layers were requested"),
+    ({"layers": [1.5]}, "layer indices must be integers"),
+    ({"axis": "assistant"}, "capping axis must be a PersonaVector or a tensor"),
+    ({"axis": torch.zeros(4, D)}, "capping axis has zero norm at layer 1"),
+])
+def test_calibrate_cap_refuses_bad_arguments(tiny, change, needle):
+    acts, axis = sh.axis_and_reference(tiny)
+    kw = {"axis": axis, "reference": acts, "layers": [1, 2], **change}
+    with pytest.raises(InvalidInputError) as e:
+        calibrate_cap(kw.pop("axis"), kw.pop("reference"), kw.pop("layers"), **kw)
+    assert needle in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"config": "capping.safetensors"}, "config must be a CapConfig"),
+    ({"layers": [3]}, "no threshold for layers [3]"),
+    ({"layers": ["1"]}, "layer indices must be integers"),
+    ({"positions": "all-of-them"}, "positions='all-of-them' is not one of"),
+    ({"prompt_length": 2.5}, "prompt_length must be an integer"),
+])
+def test_activation_cap_refuses_bad_arguments(tiny, change, needle):
+    kw = {"config": CapConfig(**_good(tiny)), **change}
+    with pytest.raises(InvalidInputError) as e:
+        ActivationCap(tiny, kw.pop("config"), **kw)
+    assert needle in str(e.value), str(e.value)
+
+
+def _saved_parts(tiny, tmp_path):
+    from persona_axes.files import load_tensors
+
+    p = CapConfig(**_good(tiny), percentile=25.0).save(tmp_path / "good.safetensors")
+    return load_tensors(p, kind="capping")
+
+
+@pytest.mark.parametrize("md_change, tensor_change, needle", [
+    ({"cap_kind": "middle"}, {}, "kind must be 'floor' or 'ceiling', got 'middle'"),
+    ({"cap_kind": None}, {}, "no cap_kind"),
+    ({"percentile": "a quarter"}, {}, "could not convert"),
+    ({"percentile": "250.0"}, {}, "percentile must be in [0, 100]"),
+    ({"percentile": "nan"}, {}, "percentile must be finite"),
+    ({}, {"thresholds": torch.tensor([float("nan"), 0.0])}, "NaN or infinite"),
+    ({}, {"axis": torch.zeros(2, D)}, "zero norm at layer 1"),
+    ({"capped_layers": "[1, 9]"}, {"layers": torch.tensor([1, 9])}, "axis layer must be <= 3"),
+    ({"num_layers": "four"}, {}, "num_layers"),
+])
+def test_values_read_back_from_a_file_are_checked(tiny, tmp_path, md_change, tensor_change, needle):
+    """A file whose checksum is right (written by us or by a tool that re-stamps it) but whose values are not:
+    every field is checked as if passed by hand, and refused as a FileFormatError naming the file."""
+    from persona_axes.files import save_tensors
+
+    tensors, md = _saved_parts(tiny, tmp_path)
+    for k, v in md_change.items():
+        md.pop(k) if v is None else md.__setitem__(k, v)
+    tensors.update(tensor_change)
+    p = save_tensors(tmp_path / "edited.safetensors", tensors, md, kind="capping")
+    with pytest.raises(FileFormatError) as e:
+        CapConfig.load(p)
+    assert str(p) in str(e.value) and needle in str(e.value), str(e.value)

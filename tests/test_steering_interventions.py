@@ -1,6 +1,7 @@
 """Steer and Ablate (persona_axes.steering.interventions): edits equal hand-written hooks, per-row coefficients,
 KV-cache generation, positions, composition, hook removal, relative units, every backend."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -233,3 +234,87 @@ def test_positions_do_not_depend_on_the_cache_keyword(tiny):
         steps = _edits_per_forward(tiny, 1, lambda: Steer(tiny, sh.vec(), layers=[1], positions="prompt"), decode(keyword))
         assert [bool(e.any()) for _, e in steps] == [True, False, False, False], keyword
         assert bool(steps[0][1].all())
+
+
+# -- bad inputs: every public argument is checked at the boundary, with a typed error naming it -------------------
+def _neg50(tiny):
+    return torch.full((tiny.layers.n_layers,), -50.0)
+
+
+STEER_BAD = [
+    # (id, kwargs changed from a good call, error class, a piece of the message naming the argument)
+    ("model-not-a-model", {"model": "gpt"}, InvalidInputError, "expected a Backend"),
+    ("vector-a-string", {"vector": "axis"}, InvalidInputError, "steering vector must be a PersonaVector or a tensor"),
+    ("vector-a-list", {"vector": [1.0] * 64}, InvalidInputError, "steering vector must be"),
+    ("vector-bool", {"vector": torch.ones(64, dtype=torch.bool)}, InvalidInputError, "steering vector must hold real"),
+    ("vector-rows", {"vector": torch.ones(3, 64)}, InvalidInputError, "[n_layers=4, d]"),
+    ("vector-inf", {"vector": torch.full((64,), float("inf"))}, InvalidInputError, "NaN or infinite"),
+    ("layers-float", {"layers": 1.5}, InvalidInputError, "layers must be an integer"),
+    ("layers-float-item", {"layers": [1.0]}, InvalidInputError, "layer indices must be integers"),
+    ("layers-str-item", {"layers": ["1"]}, InvalidInputError, "layer indices must be integers"),
+    ("layers-bool", {"layers": True}, InvalidInputError, "layers must be an integer"),
+    ("layers-empty", {"layers": []}, InvalidInputError, "no layers"),
+    ("layers-bad-spec", {"layers": "one"}, InvalidInputError, "invalid layer spec 'one'"),
+    ("layers-range", {"layers": [4]}, LayerOutOfRangeError, "layer 4 is out of range"),
+    ("coef-str", {"coef": "2"}, InvalidInputError, "coef must be a number"),
+    ("coef-none", {"coef": None}, InvalidInputError, "coef must be a number"),
+    ("coef-bool", {"coef": True}, InvalidInputError, "coef must be a number"),
+    ("coef-complex", {"coef": 1j}, InvalidInputError, "coef must be a number"),
+    ("coef-inf", {"coef": float("inf")}, InvalidInputError, "coef holds NaN or infinite"),
+    ("coef-list-item", {"coef": [1.0, "a"]}, InvalidInputError, "coef[1] must be a number"),
+    ("coef-list-nan", {"coef": [1.0, float("nan")]}, InvalidInputError, "coef holds NaN"),
+    ("coef-empty", {"coef": torch.tensor([])}, InvalidInputError, "coef is empty"),
+    ("coef-2d", {"coef": torch.ones(2, 1)}, InvalidInputError, "coef must be a number or a [batch] tensor"),
+    ("coef-bool-tensor", {"coef": torch.tensor([True])}, InvalidInputError, "coef must hold real numbers"),
+    ("coef-str-array", {"coef": np.array(["a"])}, InvalidInputError, "coef must hold real numbers"),
+    ("unit-unknown", {"unit": "percent"}, InvalidInputError, "unit='percent' is not one of raw, unit, rel"),
+    ("unit-int", {"unit": 1}, InvalidInputError, "unit=1 is not one of"),
+    ("positions-unknown", {"positions": "middle"}, InvalidInputError, "positions='middle' is not one of"),
+    ("positions-none", {"positions": None}, InvalidInputError, "positions=None is not one of"),
+    ("prompt-length-str", {"prompt_length": "5"}, InvalidInputError, "prompt_length must be an integer"),
+    ("prompt-length-float", {"prompt_length": 5.0}, InvalidInputError, "prompt_length must be an integer"),
+    ("prompt-length-bool", {"prompt_length": True}, InvalidInputError, "prompt_length must be an integer"),
+    ("prompt-length-zero", {"prompt_length": 0}, InvalidInputError, "prompt_length must be a positive integer"),
+    ("reference-without-rel", {"reference": torch.ones(4)}, InvalidInputError, "reference= is only used with unit='rel'"),
+    # was: steered the opposite way (negative norms) or by nothing (zero norms), silently
+    ("rel-negative-reference", {"unit": "rel", "reference": _neg50}, InvalidInputError, "reference norm at layer 1 is -50"),
+    ("rel-zero-reference", {"unit": "rel", "reference": lambda t: torch.zeros(4)}, InvalidInputError,
+     "reference norm at layer 1 is 0"),
+    ("rel-inf-reference", {"unit": "rel", "reference": lambda t: torch.full((4,), float("inf"))}, InvalidInputError,
+     "reference norm at layer 1 is inf"),
+    ("rel-reference-shape", {"unit": "rel", "reference": lambda t: torch.ones(3)}, InvalidInputError,
+     "reference norms must have shape [4]"),
+    ("rel-reference-str", {"unit": "rel", "reference": "acts.safetensors"}, InvalidInputError,
+     "reference must be Activations or a [4] tensor"),
+]
+
+
+@pytest.mark.parametrize("change, error, needle", [pytest.param(*c[1:], id=c[0]) for c in STEER_BAD])
+def test_steer_refuses_bad_arguments(tiny, change, error, needle):
+    kw = {"model": tiny, "vector": sh.vec(), "layers": [1], "coef": 1.0}
+    kw.update({k: (v(tiny) if callable(v) and not isinstance(v, torch.Tensor) else v) for k, v in change.items()})
+    with pytest.raises(error) as e:
+        Steer(kw.pop("model"), kw.pop("vector"), **kw)
+    assert type(e.value) is error and needle in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"vector": torch.zeros(D)}, "ablation vector has zero norm at layer 1"),
+    ({"vector": "axis"}, "ablation vector must be a PersonaVector or a tensor"),
+    ({"layers": [2.0]}, "layer indices must be integers"),
+    ({"positions": "prefix"}, "positions='prefix' is not one of"),
+    ({"prompt_length": -3}, "prompt_length must be a positive integer"),
+])
+def test_ablate_refuses_bad_arguments(tiny, change, needle):
+    kw = {"vector": sh.vec(), "layers": [1], **change}
+    with pytest.raises(InvalidInputError) as e:
+        Ablate(tiny, kw.pop("vector"), **kw)
+    assert needle in str(e.value)
+
+
+def test_rel_units_with_valid_norms_scale_by_them(tiny):
+    """The positive counterpart of the refusals above: a [n_layers] tensor of norms scales each layer by norm/|v|."""
+    v = sh.vec()
+    s = Steer(tiny, v, layers=[1, 2], coef=0.5, unit="rel", reference=torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert s.scale == pytest.approx({1: 2.0 / float(v.norm()), 2: 3.0 / float(v.norm())}, rel=1e-6)
+    assert torch.allclose(s.vectors[2].norm(), torch.tensor(3.0))

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import persona_axes as pa
-from persona_axes.errors import ConversationError, FileFormatError, InvalidInputError
+from persona_axes.errors import ConversationError, FileFormatError, InvalidInputError, LayerOutOfRangeError
 from persona_axes.steering.generation import SamplingConfig
-from persona_axes.steering.interventions import calibrate_cap
+from persona_axes.steering.capping import calibrate_cap
 from persona_axes.steering.monitor import LiveMonitor, load_transcript, monitor_transcript
 
 from helpers import conversations
@@ -88,3 +88,52 @@ def test_live_monitor_with_cap_matches_offline(tiny):
     assert [r.projection for r in offline.records] == pytest.approx([r.projection for r in mon.report().records], abs=1e-4)
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in tiny.model.modules())
     assert hooks == hooks_before  # (transformers itself may keep output-recording hooks)
+
+
+# -- bad inputs: every public argument is checked at the boundary, with a typed error naming it -------------------
+@pytest.mark.parametrize("change, error, needle", [
+    ({"layer": "2"}, InvalidInputError, "layer must be an integer"),
+    ({"layer": 2.0}, InvalidInputError, "layer must be an integer"),
+    ({"layer": True}, InvalidInputError, "layer must be an integer"),
+    ({"layer": 4}, LayerOutOfRangeError, "layer 4 is out of range"),
+    ({"threshold": "1.0"}, InvalidInputError, "threshold must be a number"),
+    ({"threshold": float("-inf")}, InvalidInputError, "threshold must be a number"),
+    ({"direction": 1}, InvalidInputError, "direction must be 'below' or 'above'"),
+    ({"ema": "0.5"}, InvalidInputError, "ema must be a number"),
+    ({"ema": 1.5}, InvalidInputError, "ema must be in (0, 1]"),
+    ({"ema": float("nan")}, InvalidInputError, "ema must be finite"),
+    ({"dead_band": "1"}, InvalidInputError, "dead_band must be a number"),
+    ({"dead_band": float("nan")}, InvalidInputError, "dead_band must be finite"),
+    ({"roles": "assistant"}, InvalidInputError, "roles must be a non-empty list"),
+    ({"roles": [1]}, InvalidInputError, "roles must be a non-empty list"),
+    ({"roles": [["assistant"]]}, InvalidInputError, "roles must be a non-empty list"),
+    ({"backend": "jax"}, InvalidInputError, "unknown backend 'jax'"),
+    ({"axis": torch.zeros(D)}, InvalidInputError, "axis has zero norm at layer 2"),
+    ({"axis": "assistant_axis"}, InvalidInputError, "axis must be a PersonaVector or a tensor"),
+    ({"messages": 42}, ConversationError, ""),
+])
+def test_monitor_transcript_refuses_bad_arguments(tiny, change, error, needle):
+    kw = {"messages": conversations(2)[1], "axis": _axis(), "layer": 2, **change}
+    with pytest.raises(error) as e:
+        monitor_transcript(tiny, kw.pop("messages"), kw.pop("axis"), **kw)
+    assert type(e.value) is error and needle in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"layer": "2"}, "layer must be an integer"),
+    ({"cap": "capping.safetensors"}, "cap must be a CapConfig"),
+    ({"sampling": {"max_new_tokens": 4}}, "sampling must be a SamplingConfig"),
+    ({"system": 3}, "system must be a string"),
+    ({"ema": 0}, "ema must be in (0, 1]"),
+])
+def test_live_monitor_refuses_bad_arguments(tiny, change, needle):
+    kw = {"axis": _axis(), "layer": 2, **change}
+    with pytest.raises(InvalidInputError) as e:
+        LiveMonitor(tiny, kw.pop("axis"), **kw)
+    assert needle in str(e.value), str(e.value)
+    mon = LiveMonitor(tiny, _axis(), layer=2)
+    with pytest.raises(InvalidInputError, match="text must be a string"):
+        mon.say(["hi"])
+    with pytest.raises(InvalidInputError, match="assistant must be a string"):
+        mon.add_turn("hi", None)
+    assert mon.messages == [] and mon.records == []

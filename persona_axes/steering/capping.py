@@ -30,6 +30,23 @@ from persona_axes.steering.interventions import Intervention, layer_vectors, nam
 CAP_KEYS = frozenset({"cap_kind", "percentile", "reference", "name", "method", "capped_layers"})
 
 
+def cap_kind(value: Any, arg: str = "kind") -> CapKind:
+    """``value`` as a :class:`~persona_axes.core.CapKind` (a member or ``"floor"``/``"ceiling"``), else
+    :class:`InvalidInputError` naming ``arg``."""
+    try:
+        return as_choice(CapKind, value, arg)
+    except InvalidInputError:
+        raise InvalidInputError(f"{arg} must be 'floor' or 'ceiling', got {value!r}") from None
+
+
+def check_percentile(value: Any, arg: str = "percentile") -> float:
+    """A finite number in [0, 100], else :class:`InvalidInputError` naming ``arg``."""
+    p = check_float(value, arg)
+    if not 0.0 <= p <= 100.0:
+        raise InvalidInputError(f"{arg} must be in [0, 100], got {p}")
+    return p
+
+
 @dataclass
 class CapConfig:
     """A calibrated activation cap: a unit axis and a threshold per capped layer.
@@ -59,7 +76,7 @@ class CapConfig:
     def _check(self, normalise: bool) -> CapConfig:
         if not isinstance(self.model, ModelInfo):
             raise InvalidInputError(f"model must be a ModelInfo, got {type(self.model).__name__}")
-        self.kind = as_choice(CapKind, self.kind, "kind")
+        self.kind = cap_kind(self.kind)
         if not isinstance(self.axis, Mapping) or not isinstance(self.thresholds, Mapping):
             raise InvalidInputError("axis and thresholds must be dicts {layer: ...}, got "
                                     f"{type(self.axis).__name__} and {type(self.thresholds).__name__}")
@@ -69,6 +86,9 @@ class CapConfig:
         if set(axis) != set(thresholds) or not axis:
             raise InvalidInputError("axis and thresholds must cover the same, non-empty set of layers, got "
                                     f"{sorted(axis)} and {sorted(thresholds)}")
+        for L, t in thresholds.items():
+            if isinstance(t, float) and not math.isfinite(t):
+                raise InvalidInputError(f"the threshold at layer {L} is {t}; thresholds must be finite numbers")
         self.thresholds = {L: check_float(t, f"thresholds[{L}]") for L, t in thresholds.items()}
         for L, a in axis.items():
             if not isinstance(a, torch.Tensor) or a.dtype == torch.bool or a.is_complex():
@@ -85,7 +105,7 @@ class CapConfig:
             axis[L] = a
         self.axis = axis
         if self.percentile is not None:
-            self.percentile = check_float(self.percentile, "percentile", minimum=0.0, maximum=100.0)
+            self.percentile = check_percentile(self.percentile)
         for arg in ("reference", "name"):
             if not isinstance(getattr(self, arg), str):
                 raise InvalidInputError(f"{arg} must be a string, got {type(getattr(self, arg)).__name__}")
@@ -155,8 +175,8 @@ def calibrate_cap(axis: Any, reference: Activations, layers: int | Iterable[int]
     E.g. ``calibrate_cap(axis, default_assistant_acts, range(16, 24), percentile=25)`` caps at the 25th percentile
     of ordinary assistant responses.
     """
-    percentile = check_float(percentile, "percentile", minimum=0.0, maximum=100.0)
-    kind = as_choice(CapKind, kind, "kind")
+    percentile = check_percentile(percentile)
+    kind = cap_kind(kind)
     if not isinstance(reference_name, str):
         raise InvalidInputError(f"reference_name must be a string, got {type(reference_name).__name__}")
     if not isinstance(reference, Activations):
@@ -164,10 +184,6 @@ def calibrate_cap(axis: Any, reference: Activations, layers: int | Iterable[int]
                                 f"got {type(reference).__name__}; they carry the layers and model the cap needs")
     info = reference.model
     layer_list = normalize_layers(layers, info.n_layers)
-    missing = [L for L in layer_list if L not in reference.layers]
-    if missing:
-        raise InvalidInputError(f"the reference activations hold no layers {missing} (they hold "
-                                f"{list(reference.layers)}); capture them at the layers to cap")
     vecs = layer_vectors(axis, info, layer_list, "capping axis")
     units = {L: unit(vecs[L], "capping axis", L) for L in layer_list}
     if len(reference) == 0:
@@ -220,4 +236,4 @@ class ActivationCap(Intervention):
                 "thresholds": {str(L): self.config.thresholds[L] for L in self.layers}}
 
 
-__all__ = ["ActivationCap", "CapConfig", "calibrate_cap", "CAP_KEYS"]
+__all__ = ["ActivationCap", "CapConfig", "calibrate_cap", "cap_kind", "check_percentile", "CAP_KEYS"]

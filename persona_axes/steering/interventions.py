@@ -50,55 +50,9 @@ from persona_axes.activations.readers.base import Backend, as_backend
 from persona_axes.core import ModelInfo, Positions, Unit, as_choice, check_int, unit
 from persona_axes.errors import InvalidInputError, ModelMismatchError
 from persona_axes.model.layers import block_output, replace_block_output
+from persona_axes.vectors.units import reference_norms, unit_scales
 
 POSITIONS = Positions.values()
-
-
-# -- TEMPORARY: until persona_axes.vectors.units (helper "files") lands; then import both from there ----------------
-def reference_norms(reference: Any, info: ModelInfo) -> torch.Tensor:
-    """``[n_layers]`` mean residual norm per layer from reference activations (for ``unit="rel"``); NaN where the
-    activations hold no layer. A ``[n_layers]`` tensor of norms is returned as float32."""
-    from persona_axes.activations.container import Activations
-
-    if isinstance(reference, Activations):
-        reference.model.check_compatible(info, what="the reference activations")
-        norms = torch.full((info.n_layers,), float("nan"))
-        norms[list(reference.layers)] = reference.values.norm(dim=-1).mean(0)
-        return norms
-    if isinstance(reference, np.ndarray) and reference.dtype.kind in "iuf":
-        reference = torch.from_numpy(reference)
-    if not isinstance(reference, torch.Tensor) or reference.dtype == torch.bool or reference.is_complex():
-        raise InvalidInputError(f"reference must be Activations or a [n_layers] tensor of norms, got "
-                                f"{type(reference).__name__}")
-    t = reference.detach().to("cpu", torch.float32)
-    if t.shape != (info.n_layers,):
-        raise InvalidInputError(f"reference norms must have shape [{info.n_layers}], got {tuple(t.shape)}")
-    return t
-
-
-def unit_scales(rows: Mapping[int, torch.Tensor], unit_: Unit | str, norms: torch.Tensor | None = None) -> dict[int, float]:
-    """Per-layer scale of a steering vector: raw 1; unit 1/|v_L|; rel norms[L]/|v_L| (norms must be > 0)."""
-    kind = as_choice(Unit, unit_, "unit")
-    out = {}
-    for L, v in rows.items():
-        if kind == Unit.RAW:
-            out[L] = 1.0
-            continue
-        unit(v, "steering vector", L)  # refuses a zero-norm vector, which unit/rel cannot scale
-        n = float(v.norm())
-        if kind == Unit.UNIT:
-            out[L] = 1.0 / n
-            continue
-        if norms is None:
-            raise InvalidInputError("unit='rel' needs reference norms via reference=")
-        r = float(norms[L])
-        if r != r:
-            raise InvalidInputError(f"the reference activations hold no layer {L}; capture it first (reference=)")
-        if not (r > 0 and r != float("inf")):
-            raise InvalidInputError(f"reference norm at layer {L} is {r}; reference norms must be finite and > 0 "
-                                    "(a negative one would steer the opposite way, a zero one by nothing)")
-        out[L] = r / n
-    return out
 
 
 def layer_vectors(vector: Any, info: ModelInfo, layers: Sequence[int], what: str) -> dict[int, torch.Tensor]:
@@ -179,8 +133,8 @@ class Intervention:
         self.info = self.backend.info
         self.layers = self.backend.layers(layers)
         self.positions = as_choice(Positions, positions, "positions")
-        if prompt_length is not None:
-            prompt_length = check_int(prompt_length, "prompt_length", minimum=1)
+        if prompt_length is not None and check_int(prompt_length, "prompt_length") < 1:
+            raise InvalidInputError(f"prompt_length must be a positive integer, got {prompt_length}")
         self._fixed_prompt_length = prompt_length
         self._prompt_length: int | None = prompt_length
         self._past = 0

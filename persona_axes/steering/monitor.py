@@ -15,6 +15,8 @@ projection, so the default ``direction="below"`` alerts when the (optionally smo
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -126,12 +128,17 @@ def load_transcript(path: str | os.PathLike) -> list[dict[str, str]]:
 
 class _Smoother:
     def __init__(self, threshold, direction, ema, dead_band):
-        if threshold is not None and not (isinstance(threshold, (int, float)) and threshold == threshold):
-            raise InvalidInputError(f"threshold must be a number, got {threshold!r}")
-        if direction not in ("below", "above"):
+        if threshold is not None:
+            if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
+                raise InvalidInputError(f"threshold must be a number (finite), got {threshold!r}")
+            threshold = float(threshold)
+        if not isinstance(direction, str) or direction not in DIRECTIONS:
             raise InvalidInputError(f"direction must be 'below' or 'above', got {direction!r}")
-        if ema is not None and not 0 < ema <= 1:
-            raise InvalidInputError(f"ema must be in (0, 1], got {ema}")
+        if ema is not None:
+            ema = check_float(ema, "ema")
+            if not 0 < ema <= 1:
+                raise InvalidInputError(f"ema must be in (0, 1], got {ema}")
+        dead_band = check_float(dead_band, "dead_band")
         if dead_band < 0:
             raise InvalidInputError(f"dead_band must be >= 0, got {dead_band}")
         self.threshold, self.direction, self.ema, self.dead_band = threshold, direction, ema, dead_band
@@ -150,8 +157,16 @@ class _Smoother:
         return v, self.alerting
 
 
+DIRECTIONS = ("below", "above")
+
+
 def _unit_axis(axis: Any, info, layer: int) -> torch.Tensor:
     return unit(layer_vectors(axis, info, [layer], "axis")[layer], "axis", layer)
+
+
+def _one_layer(backend, layer: Any) -> int:
+    """The one layer a monitor reads (an integer, negative counts from the end), checked against the model."""
+    return backend.layers([check_int(layer, "layer")])[0]
 
 
 def monitor_transcript(
@@ -175,13 +190,14 @@ def monitor_transcript(
     if isinstance(messages, (str, os.PathLike)):
         messages = load_transcript(messages)
     msgs = validate_messages(messages)
-    if isinstance(roles, str) or not roles or not set(roles) <= {"system", "user", "assistant"}:
+    if isinstance(roles, str) or not isinstance(roles, (Sequence, set, frozenset)) or not roles \
+            or not all(isinstance(r, str) and r in ("system", "user", "assistant") for r in roles):
         raise InvalidInputError(f"roles must be a non-empty list of 'system', 'user', 'assistant' (the messages to "
                                 f"report), got {roles!r}")
     if not any(m["role"] == "assistant" for m in msgs):
         raise ConversationError("the transcript has no assistant turn to monitor; it needs at least one reply")
     be = as_backend(model, backend)
-    L = be.layers([layer])[0]
+    L = _one_layer(be, layer)
     u = _unit_axis(axis, be.info, L)
     acts = capture(be, [msgs], layers=[L], which="messages", progress=False)
     proj = (acts.at(L) @ u).tolist()
@@ -194,9 +210,8 @@ def monitor_transcript(
         records.append(TurnProjection(message=it["message"], role=it["role"], turn=it["turn"], projection=p,
                                       smoothed=sm, alert=alert, n_tokens=it["n_tokens"], layer=L,
                                       text=msgs[it["message"]]["content"]))
-    name = getattr(axis, "name", None)
-    return DriftReport(records=records, layer=L, threshold=threshold, direction=direction,
-                       axis_name=name if isinstance(name, str) else "axis")
+    return DriftReport(records=records, layer=L, threshold=smoother.threshold, direction=direction,
+                       axis_name=name_of(axis, "axis"))
 
 
 class LiveMonitor:
@@ -212,10 +227,18 @@ class LiveMonitor:
                  ema: float | None = None, dead_band: float = 0.0, backend: str = "hf"):
         from persona_axes.steering.generation import SamplingConfig
 
+        from persona_axes.steering.capping import CapConfig
+
         self.backend = as_backend(model, backend)
-        self.layer = self.backend.layers([layer])[0]
+        self.layer = _one_layer(self.backend, layer)
+        if cap is not None and not isinstance(cap, CapConfig):
+            raise InvalidInputError(f"cap must be a CapConfig (or None), got {type(cap).__name__}")
+        if sampling is not None and not isinstance(sampling, SamplingConfig):
+            raise InvalidInputError(f"sampling must be a SamplingConfig (or None), got {type(sampling).__name__}")
+        if system is not None and not isinstance(system, str):
+            raise InvalidInputError(f"system must be a string (or None), got {type(system).__name__}")
         self.axis = _unit_axis(axis, self.backend.info, self.layer)
-        self.axis_name = getattr(axis, "name", None) if isinstance(getattr(axis, "name", None), str) else "axis"
+        self.axis_name = name_of(axis, "axis")
         self.cap = cap
         self.sampling = sampling or SamplingConfig(max_new_tokens=96)
         self.messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
@@ -226,8 +249,10 @@ class LiveMonitor:
     def say(self, text: str) -> TurnProjection:
         """Add a user message, generate the reply (under the cap, if any), and project both new turns."""
         from persona_axes.steering.generation import generate_replies
-        from persona_axes.steering.interventions import ActivationCap
+        from persona_axes.steering.capping import ActivationCap
 
+        if not isinstance(text, str):
+            raise InvalidInputError(f"text must be a string (the user's message), got {type(text).__name__}")
         self.messages.append({"role": "user", "content": text})
         try:
             if self.cap is not None:
@@ -243,6 +268,9 @@ class LiveMonitor:
 
     def add_turn(self, user: str, assistant: str) -> TurnProjection:
         """Record a turn whose reply came from elsewhere (e.g. replaying a transcript) and project it."""
+        for arg, value in (("user", user), ("assistant", assistant)):
+            if not isinstance(value, str):
+                raise InvalidInputError(f"{arg} must be a string (the message text), got {type(value).__name__}")
         self.messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
         return self._project_last_turn()
 
