@@ -205,3 +205,18 @@ def test_http_engine_argument_checks(kw, match):
 def test_http_engine_base_url_gets_v1():
     assert OpenAIEngine("http://127.0.0.1:8000/", "m").base_url == "http://127.0.0.1:8000/v1"
     assert OpenAIEngine("http://127.0.0.1:8000/v1", "m").base_url == "http://127.0.0.1:8000/v1"
+
+
+def test_hf_engine_gives_the_replies_run_rollouts_stores(tiny, tmp_path):
+    from persona_axes.runs.requests import RolloutRequest, derive_seed
+    from persona_axes.runs.rollouts import run_rollouts
+    from persona_axes.runs.store import RolloutStore
+
+    reqs = [RolloutRequest("default", "default", p, f"q{q}", 0, "Be brief." if p else "", f"Question {q}: " + "why? " * q)
+            for p in range(2) for q in range(3)]
+    sampling = SamplingConfig(max_new_tokens=5, temperature=0.8, seed=2)
+    run_rollouts(tiny, reqs, tmp_path / "s.jsonl", sampling, batch_size=4, progress=False)
+    store = RolloutStore(tmp_path / "s.jsonl")
+    got = HFEngine(tiny, batch_size=4).generate(
+        [EngineRequest(r.id, tuple(r.messages()), derive_seed(2, r.id)) for r in reqs], sampling)
+    assert [x.text for x in got] == [store.get(r.id).response for r in reqs]
