@@ -34,6 +34,7 @@ HELPERS = {"atomic_write", "atomic_path"}
 DELEGATED = {
     ("model/", "save_pretrained"): "into the temporary folder of the model cache, renamed in place last",
     ("runs/", "open ab"): "the append-only rollout log: a torn last line is dropped when read",
+    ("engines/", "open wb"): "a server subprocess's log stream, written while it runs; not a data file",
 }
 
 

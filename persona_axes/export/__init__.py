@@ -103,7 +103,7 @@ def guess_format(path: str | os.PathLike) -> str:
             fields, _ = read_gguf(path)
         except FileFormatError:
             return "gguf"  # let the importer report the problem
-        return "gguf" if NS + "format" in fields else "repeng"
+        return "gguf" if any(k.startswith(NS) for k in fields) else "repeng"  # ours if it has any key of ours
     if head[:4] == b"PK\x03\x04":
         return "numpy"
     if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:

@@ -277,6 +277,9 @@ def import_gguf_control_vector(
         if model is not None:
             info.check_compatible(model_info(model), what=f"the control vector in {path}", strict_name=strict_name)
     else:
+        if any(k.startswith(NS) for k in fields):
+            raise FileFormatError(f"{path}: has persona_axes.* keys but no persona_axes.format; the file is corrupt "
+                                  "or was edited: export it again")
         if model is None:
             raise InvalidInputError(
                 f"{path} is a control vector without persona_axes metadata (written by another tool); pass "
