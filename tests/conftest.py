@@ -143,6 +143,20 @@ def smollm(device):
     return load_model(device=device)
 
 
+#: Conversations for the Gemma 3 tier: a system prompt (folded into the first user turn), a single turn, two turns.
+GEMMA_CONVS = [
+    [{"role": "system", "content": "You are a pirate who sails the seven seas."},
+     {"role": "user", "content": "What do you do on a quiet morning?"},
+     {"role": "assistant", "content": "Arr, I mend the sails and count me doubloons, then watch the gulls."}],
+    [{"role": "user", "content": "Explain photosynthesis in one sentence."},
+     {"role": "assistant", "content": "Plants turn light, water and carbon dioxide into sugar and oxygen."}],
+    [{"role": "user", "content": "Hi!"},
+     {"role": "assistant", "content": "Hello! How can I help you today?"},
+     {"role": "user", "content": "Tell me a fun fact about octopuses, please."},
+     {"role": "assistant", "content": "Octopuses have three hearts and blue blood."}],
+]
+
+
 def reference_block_means(loaded, conv, *, layers=None) -> torch.Tensor:
     """An independent reference for capture: ``[n_layers, d]`` float32 means of the output of each decoder block over
     the last assistant message's content tokens, one conversation at a time with no padding. Blocks before the last

@@ -14,7 +14,7 @@ from persona_axes.errors import (
     SpanError,
 )
 
-from conftest import reference_block_means
+from conftest import GEMMA_CONVS, reference_block_means
 from helpers import conversations
 
 
@@ -215,4 +215,64 @@ def test_backends_agree_on_smollm(smollm, backend):
     got = pa.capture(smollm, SMOLLM_CONVS, batch_size=3, backend=backend, progress=False)
     rel = (got.values - ref.values).norm(dim=-1) / ref.values.norm(dim=-1)
     assert rel.max() <= 1e-4, (backend, rel.max())
+    assert got.items == ref.items and got.model == ref.model
+
+
+# -- Gemma 3 270M tier (slow): a second real architecture, through the public GGUF loader ---------------------------
+
+def _max_rel(a, b):
+    return ((a - b).norm(dim=-1) / b.norm(dim=-1)).max().item()
+
+
+@pytest.mark.slow
+def test_gemma3_capture_equals_independent_reference_at_every_layer(gemma3):
+    acts = pa.capture(gemma3, GEMMA_CONVS, batch_size=3, progress=False)
+    assert acts.values.shape == (3, 18, 640) and acts.values.dtype == torch.float32
+    worst = max(_max_rel(acts.values[i], reference_block_means(gemma3, conv)) for i, conv in enumerate(GEMMA_CONVS))
+    print(f"\ngemma3 capture (batched, right-padded) vs one-at-a-time HF reference: max rel {worst:.2e}")
+    assert worst < 1e-4
+
+
+@pytest.mark.slow
+def test_gemma3_last_layer_is_the_raw_block_output_not_the_post_norm_hidden_state(gemma3):
+    """Layer 17 (n - 1) is the output of the last block; HF's hidden_states[-1] is after the final norm and differs."""
+    conv = GEMMA_CONVS[0]
+    acts = pa.capture(gemma3, [conv], layers=[17], progress=False)
+    r = pa.render_chat(gemma3.tokenizer, conv)
+    s = r.spans[-1]
+    got = {}
+    h = gemma3.layers.blocks[17].register_forward_hook(lambda mod, a, o: got.setdefault("o", o))
+    try:
+        with torch.no_grad():
+            out = gemma3.model(torch.tensor([r.input_ids], device=gemma3.model.device), output_hidden_states=True)
+    finally:
+        h.remove()
+    raw = (got["o"][0] if isinstance(got["o"], tuple) else got["o"])[0, s.start:s.end].mean(0).float().cpu()
+    post_norm = out.hidden_states[-1][0, s.start:s.end].mean(0).float().cpu()
+    assert len(out.hidden_states) == 19
+    assert _max_rel(acts.at(17)[0], raw) < 1e-5
+    assert _max_rel(acts.at(17)[0], post_norm) > 0.1
+    normed = gemma3.model.model.norm(got["o"][0] if isinstance(got["o"], tuple) else got["o"])
+    assert torch.allclose(normed, out.hidden_states[-1], atol=1e-5)  # hidden_states[-1] == norm(block 17's output)
+
+
+@pytest.mark.slow
+def test_gemma3_batched_equals_one_at_a_time_and_left_equals_right_padding(gemma3):
+    one = pa.capture(gemma3, GEMMA_CONVS, batch_size=1, progress=False)
+    right = pa.capture(gemma3, GEMMA_CONVS, batch_size=3, padding_side="right", progress=False)
+    left = pa.capture(gemma3, GEMMA_CONVS, batch_size=3, padding_side="left", progress=False)
+    b, p = _max_rel(right.values, one.values), _max_rel(left.values, right.values)
+    print(f"\ngemma3 batched vs one-at-a-time: max rel {b:.2e}; left vs right padding: max rel {p:.2e}")
+    assert b < 1e-4 and p < 1e-4
+    assert one.items == right.items == left.items
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["tlens", "nnsight"])
+def test_gemma3_backends_agree(gemma3, backend):
+    ref = pa.capture(gemma3, GEMMA_CONVS, batch_size=3, progress=False)
+    got = pa.capture(gemma3, GEMMA_CONVS, batch_size=3, backend=backend, progress=False)
+    rel = _max_rel(got.values, ref.values)
+    print(f"\ngemma3 {backend} vs hf: max rel {rel:.2e}")
+    assert rel <= 1e-4, (backend, rel)
     assert got.items == ref.items and got.model == ref.model

@@ -91,3 +91,19 @@ def test_tokenizer_without_chat_template(chatml_tokenizer):
     tok.chat_template = None
     with pytest.raises(ChatTemplateError, match="no chat template"):
         render_chat(tok, [{"role": "user", "content": "Hi"}])
+
+
+@pytest.mark.slow
+def test_gemma3_spans_decode_to_the_message_text(gemma3):
+    """On the real Gemma 3 tokenizer with the shipped template: one BOS, the system text folded into the first user
+    turn by the template itself, and every span decoding to its message's text."""
+    from conftest import GEMMA_CONVS
+
+    tok = gemma3.tokenizer
+    for conv in GEMMA_CONVS:
+        r = render_chat(tok, conv)
+        assert r.input_ids[0] == tok.bos_token_id and r.input_ids.count(tok.bos_token_id) == 1
+        assert r.text.count("<start_of_turn>model\n") == sum(m["role"] == "assistant" for m in conv)
+        for m, s in zip(conv, r.spans):
+            assert tok.decode(list(r.input_ids[s.start:s.end])) == m["content"].strip(), (m, s)
+        assert r.input_ids[r.spans[-1].end] == tok.convert_tokens_to_ids("<end_of_turn>")

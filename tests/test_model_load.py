@@ -208,3 +208,71 @@ def test_default_model_loads(smollm):
     assert smollm.layers.n_layers == 30 and smollm.layers.hidden_size == 576
     assert smollm.model.dtype == torch.float32
     assert smollm.tokenizer.chat_template
+
+
+# -- hub ids without the hub (issue 15): one clear line at once, no retries ----------------------------------------
+
+
+def _no_retry_noise(caplog, capfd):
+    out, err = capfd.readouterr()
+    text = out + err + caplog.text
+    assert "retry" not in text.lower() and "Retrying" not in text, text[-2000:]
+
+
+def test_offline_unknown_hub_id_fails_at_once_with_one_line(monkeypatch, tmp_path, caplog, capfd):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError) as e:
+        pa.load_model("persona-axes-test/no-such-model", cache_dir=str(tmp_path / "hf"))
+    msg = str(e.value)
+    assert "not in the local HF cache" in msg and "HF_HUB_OFFLINE" in msg and "huggingface-cli download" in msg
+    assert "\n" not in msg
+    _no_retry_noise(caplog, capfd)
+
+
+def test_unreachable_hub_fails_at_once_without_retries(monkeypatch, tmp_path, caplog, capfd):
+    """No HF_HUB_OFFLINE, but no network either (as on a cluster node): the probe fails, so from_pretrained (with its
+    retries and backoff) is never called."""
+    from persona_axes.model import load as load_mod
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(load_mod, "hub_reachable", lambda timeout=3.0: False)
+    called = []
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: called.append(a))
+    with pytest.raises(ModelLoadError, match="not in the local HF cache and the HF hub cannot be reached"):
+        pa.load_model("persona-axes-test/no-such-model", cache_dir=str(tmp_path / "hf"))
+    assert called == []
+    _no_retry_noise(caplog, capfd)
+    with pytest.raises(ModelLoadError, match="neither an existing local path nor a valid hub id"):
+        pa.load_model("not a valid id!", cache_dir=str(tmp_path / "hf"))
+
+
+def test_cached_hub_id_loads_offline_from_the_cache(monkeypatch, tmp_path, tiny_checkpoint):
+    """An id already in the HF cache loads with local_files_only=True when the hub cannot be reached."""
+    import shutil
+
+    from persona_axes.model import load as load_mod
+
+    repo = tmp_path / "hf" / "models--persona-axes-test--tiny"
+    snap = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_checkpoint, snap)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(load_mod, "hub_reachable", lambda timeout=3.0: False)
+    loaded = pa.load_model("persona-axes-test/tiny", cache_dir=str(tmp_path / "hf"))
+    assert loaded.name == "persona-axes-test/tiny" and loaded.layers.n_layers == 4
+    assert loaded.tokenizer.chat_template
+
+
+def test_load_model_rejects_bad_argument_types(tiny_checkpoint):
+    from persona_axes.errors import InvalidInputError
+
+    for kwargs, match in [(dict(dtype="float8"), "dtype='float8'"), (dict(device=3.5), "device"),
+                          (dict(device="gpu:0"), "device='gpu:0'"), (dict(device_map=3), "device_map"),
+                          (dict(trust_remote_code="yes"), "trust_remote_code"), (dict(layers_path=3), "layers_path")]:
+        with pytest.raises(InvalidInputError, match=match):
+            pa.load_model(tiny_checkpoint, **kwargs)
+    with pytest.raises(InvalidInputError, match="name_or_path"):
+        pa.load_model(42)
+    with pytest.raises(ModelLoadError, match="is a file, not a model folder"):
+        pa.load_model(tiny_checkpoint / "config.json")

@@ -33,6 +33,7 @@ from persona_axes.model.gguf import convert_gguf
 from persona_axes.model.layers import DecoderLayers, find_layers
 from persona_axes.model.templates import install_chat_template
 
+_HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "subfolder")
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
@@ -181,10 +182,11 @@ def load_model(
     if torch_dtype is None:
         torch_dtype = torch.float32 if dev.type == "cpu" and device_map is None else "auto"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **extra)
+        shared = {k: v for k, v in from_pretrained_kwargs.items() if k in _HUB_KWARGS}  # the tokenizer's too
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **shared, **extra)
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code,
-            **extra, **from_pretrained_kwargs,
+            **{**from_pretrained_kwargs, **extra},
         )
     except (OSError, ValueError) as e:
         raise ModelLoadError(

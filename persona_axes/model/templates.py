@@ -87,6 +87,8 @@ def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     out: list[int] = []
     cfg = getattr(model, "generation_config", None)
     for v in (getattr(cfg, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if hasattr(v, "tolist"):  # a tensor
+            v = v.tolist()
         for i in (v if isinstance(v, (list, tuple)) else [v]):
             if isinstance(i, int) and not isinstance(i, bool) and i not in out:
                 out.append(i)
