@@ -6,13 +6,51 @@ import argparse
 import json
 from typing import Any
 
+from persona_axes.cli.batch import INPUT_HELP, read_conversations, write_jsonl
 from persona_axes.cli.common import add_command, add_model_args, file_kind, load_model_from_args, read_vector, \
     require_file
+from persona_axes.errors import InvalidInputError
+
+
+def _cmd_monitor_many(args: argparse.Namespace) -> int:
+    """``--input FILE``: every conversation of a file, one summary line each, JSONL records with ``--out``."""
+    from persona_axes.core import progress_bar
+    from persona_axes.steering.monitor import monitor_transcript
+
+    items = read_conversations(args.input)
+    if file_kind(args.axis)[0] != "repeng":
+        read_vector(args.axis, name=args.name, preflight_model=args.model)
+    loaded = load_model_from_args(args)
+    axis = read_vector(args.axis, name=args.name, model=loaded)
+    records = []
+    for it in progress_bar(items, desc="monitoring", unit="conversation", disable=args.quiet):
+        rep = monitor_transcript(loaded, it["messages"], axis, args.layer, threshold=args.threshold, ema=args.ema,
+                                 direction=args.direction)
+        proj = [r.projection for r in rep.assistant()]
+        records.append({"line": it["line"], "layer": rep.layer, "threshold": rep.threshold,
+                        "direction": rep.direction, "axis": rep.axis_name, "n_alerts": len(rep.alerts),
+                        "min_projection": min(proj), "mean_projection": sum(proj) / len(proj),
+                        "records": rep.to_records(), **it["meta"]})
+    print(f"projection onto {records[0]['axis']!r} at layer {records[0]['layer']}"
+          + (f", threshold {args.threshold:g} ({args.direction})" if args.threshold is not None else ""))
+    print(f"{'line':>5}  {'replies':>7}  {'min':>9}  {'mean':>9}  alerts")
+    for r in records:
+        n = sum(1 for t in r["records"] if t["role"] == "assistant")
+        print(f"{r['line']:>5}  {n:>7}  {r['min_projection']:>9.3f}  {r['mean_projection']:>9.3f}  {r['n_alerts']}")
+    print(f"{len(records)} conversation(s), {sum(1 for r in records if r['n_alerts'])} with alerts")
+    if args.out:
+        write_jsonl(args.out, records)
+        print(f"wrote {args.out}")
+    return 0
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from persona_axes.steering.monitor import load_transcript, monitor_transcript
 
+    if (args.transcript is None) == (args.input is None):
+        raise InvalidInputError("give one TRANSCRIPT file, or --input FILE with many conversations (not both)")
+    if args.input is not None:
+        return _cmd_monitor_many(args)
     require_file(args.transcript, "transcript")
     msgs = load_transcript(args.transcript)
     if file_kind(args.axis)[0] != "repeng":
@@ -55,10 +93,15 @@ def register(sub: Any) -> None:
         "and a plotly HTML figure. A threshold to start from: the capping config's value at the layer (persona-axes "
         "info vectors/smollm2-135m-instruct/capping.safetensors lists them; +11.49 at layer 20).",
         "example:\n  persona-axes monitor chat.json --axis vectors/smollm2-135m-instruct/assistant_axis.safetensors "
-        "--layer 20 --threshold 11.5 --ema 0.5 --html drift.html --json drift.json",
+        "--layer 20 --threshold 11.5 --ema 0.5 --html drift.html --json drift.json\n"
+        "  persona-axes monitor --input chats.jsonl --axis vectors/smollm2-135m-instruct/assistant_axis.safetensors "
+        "--layer 20 --threshold 11.5 --out drift.jsonl",
         _cmd_monitor)
     add_model_args(mon)
-    mon.add_argument("transcript", help="JSON or JSONL transcript")
+    mon.add_argument("transcript", nargs="?", default=None, help="JSON or JSONL transcript (or use --input)")
+    mon.add_argument("--input", default=None, help=INPUT_HELP + "; one summary line per conversation")
+    mon.add_argument("--out", default=None, help="with --input: write each conversation's records here (JSONL)")
+    mon.add_argument("--quiet", action="store_true", help="no progress bar")
     mon.add_argument("--axis", required=True, help="axis vector file")
     mon.add_argument("--name", default=None, help="member to use when --axis is a vector set")
     mon.add_argument("--layer", type=int, required=True, help="model layer (negative counts from the end)")
