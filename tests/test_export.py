@@ -437,3 +437,80 @@ def test_dispatch_errors(tmp_path, vec):
     assert guess_format(tmp_path / "actually_numpy.gguf") == "numpy"
     vec.save(tmp_path / "st.bin")
     assert torch.equal(import_vector(tmp_path / "st.bin").vector, vec.vector)
+
+
+# ----------------------------------------------------------------------------------------- export what steer does
+
+
+def _reference(n=5, seed=9):
+    from persona_axes.activations.container import Activations
+
+    g = torch.Generator().manual_seed(seed)
+    values = torch.randn(n, T, D, generator=g) * torch.arange(1, T + 1).view(1, T, 1)  # norms grow with depth
+    return Activations(values=values, layers=tuple(range(T)), items=[{"i": i} for i in range(n)], model=INFO)
+
+
+@pytest.mark.parametrize("unit", ["raw", "unit", "rel"])
+def test_gguf_bakes_a_steer_in(tmp_path, vec, unit):
+    """Issue 15: the file holds coef x scale x v at the chosen layers and nothing elsewhere, read back with the
+    gguf package itself; scale computed here independently (1, 1/|v|, mean residual norm / |v|)."""
+    ref = _reference()
+    coef = 0.3
+    p = export_gguf_control_vector(vec, tmp_path / "steer.gguf", layers=[2, 4], scale=coef, unit=unit,
+                                   reference=ref if unit == "rel" else None)
+    fields, tensors, names = _read(p)
+    assert names == ["direction.2", "direction.4"]  # absent at every other layer
+    v = vec.vector.double()
+    for L in (2, 4):
+        u = v[L] / v[L].norm()
+        want = {"raw": coef * v[L], "unit": coef * u,
+                "rel": coef * ref.values[:, L].double().norm(dim=-1).mean() * u}[unit]
+        np.testing.assert_allclose(tensors[f"direction.{L}"][2], want.numpy(), rtol=1e-6, atol=1e-7)
+    assert fields["persona_axes.unit"][1] == unit
+    back = import_gguf_control_vector(p)
+    assert back.metadata["gguf_unit"] == unit
+    assert not back.vector[[0, 1, 3, 5]].any()
+
+
+def test_gguf_steer_equals_what_steer_adds(tmp_path, tiny):
+    """The same numbers Steer adds: the file's direction.L equals coef x Steer(..., coef=1).vectors[L] (the
+    unit scale is computed once, in persona_axes.vectors.units, for both)."""
+    from persona_axes.activations.batch import capture
+    from persona_axes.activations.container import model_info
+    from persona_axes.steering.interventions import Steer
+    from helpers import conversations
+
+    info = model_info(tiny)
+    g = torch.Generator().manual_seed(2)
+    v = PersonaVector(torch.randn(info.n_layers, info.hidden_size, generator=g), info, "axis", "mean_diff")
+    ref = capture(tiny, conversations(3), progress=False)
+    p = export_gguf_control_vector(v, tmp_path / "s.gguf", layers=[2], scale=-0.6, unit="rel", reference=ref)
+    steer = Steer(tiny, v, [2], 1.0, unit="rel", reference=ref)
+    _, tensors, names = _read(p)
+    assert names == ["direction.2"]
+    np.testing.assert_allclose(tensors["direction.2"][2], (-0.6 * steer.vectors[2].double()).numpy(),
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_gguf_steer_refuses_what_it_cannot_bake(tmp_path, vec):
+    with pytest.raises(InvalidInputError, match="reference"):
+        export_gguf_control_vector(vec, tmp_path / "x.gguf", layers=[2], scale=0.3, unit="rel")
+    with pytest.raises(InvalidInputError, match="unit"):
+        export_gguf_control_vector(vec, tmp_path / "x.gguf", layers=[2], unit="percent")
+    with pytest.raises(InvalidInputError, match="positive and finite"):
+        export_gguf_control_vector(vec, tmp_path / "x.gguf", layers=[2], unit="rel", reference=torch.full((T,), -5.0))
+    with pytest.raises(InvalidInputError, match="normalize"):
+        export_gguf_control_vector(vec, tmp_path / "x.gguf", layers=[2], unit="rel", normalize=True,
+                                   reference=torch.ones(T))
+    assert not list(tmp_path.iterdir())
+
+
+def test_read_gguf_directions_keys_by_layer(tmp_path, vec):
+    """Issue 15 (info reported 'layer 28' for direction.29): the reader keys by the N in direction.N."""
+    from persona_axes.export import read_gguf_directions, read_gguf_metadata
+
+    p = tmp_path / "gap.gguf"
+    _write_cv(p, {"direction.5": np.full(D, 3.0, np.float32), "direction.2": np.ones(D, np.float32)})
+    dirs = read_gguf_directions(p)
+    assert list(dirs) == [2, 5] and float(np.linalg.norm(dirs[5])) == pytest.approx(3.0 * D ** 0.5)
+    assert read_gguf_metadata(p)["controlvector.model_hint"] == "llama"
