@@ -227,6 +227,13 @@ def _locate(template_text: str, n: int, contents: list[str], real_text: str,
     return [ranges[i] for i in range(n)]
 
 
+def _inside(text: str, s: int, e: int, a: int, b: int) -> bool:
+    """Whether token ``[s, e)`` belongs to content ``[a, b)``: it overlaps it, and whatever it covers outside it is
+    whitespace (a SentencePiece or byte-level token such as ``" Arr"`` carries the space the template put before
+    the content, as after Mistral's ``[/INST]``)."""
+    return e > s and e > a and s < b and not text[s:a].strip() and not text[b:e].strip()
+
+
 def render_chat(
     tokenizer: Any,
     messages: Sequence[Message],
@@ -266,7 +273,7 @@ def render_chat(
     for i, (m, (a, b)) in enumerate(zip(msgs, char_ranges)):
         if m["role"] == "user":
             turn += 1
-        toks = [t for t, (s, e) in enumerate(offsets) if e > s and s >= a and e <= b]
+        toks = [t for t, (s, e) in enumerate(offsets) if _inside(real_text, s, e, a, b)]
         start, end = (toks[0], toks[-1] + 1) if toks else (0, 0)
         if toks and end - start != len(toks):
             raise ChatTemplateError(f"message {i} content tokens are not contiguous after tokenisation")
