@@ -29,7 +29,8 @@ def padded_prompts(tiny, n=3):
     for i, r in enumerate(rendered):  # left padding, as for generation
         ids[i, width - len(r):] = torch.tensor(r.input_ids)
         mask[i, width - len(r):] = 1
-    return ids, mask
+    dev = tiny.model.get_input_embeddings().weight.device  # the model's input device (pytest --device)
+    return ids.to(dev), mask.to(dev)
 
 
 def logits(m, ids, mask):
@@ -41,3 +42,30 @@ def axis_and_reference(tiny):
     acts = pa.capture(tiny, conversations(6), which="messages", progress=False)
     axis = torch.randn(tiny.layers.n_layers, D, generator=torch.Generator().manual_seed(3))
     return acts, axis
+
+
+def bracket_block(loaded, layers, make_intervention, run):
+    """Run ``run()`` under ``make_intervention()`` with two hooks of the test's own on each block of ``layers``: one
+    registered before the intervention (it sees the raw block output) and one after (it sees the edited output of
+    the same forward). Returns ``(raw, edited)``: ``{layer: output}`` of the last forward."""
+    raw, edited = {}, {}
+    pre = [loaded.layers.blocks[L].register_forward_hook(lambda mod, a, o, L=L: raw.__setitem__(L, o.clone()))
+           for L in layers]
+    try:
+        with make_intervention():
+            post = [loaded.layers.blocks[L].register_forward_hook(lambda mod, a, o, L=L: edited.__setitem__(L, o.clone()))
+                    for L in layers]
+            try:
+                run()
+            finally:
+                [h.remove() for h in post]
+    finally:
+        [h.remove() for h in pre]
+    return raw, edited
+
+
+def ulps_off(got: torch.Tensor, ref64: torch.Tensor) -> float:
+    """Largest elementwise ``|got - ref|`` in units of the ulp of ``got``'s dtype at ``|ref|`` (eps * |ref|)."""
+    eps = torch.finfo(got.dtype).eps
+    diff = (got.double() - ref64).abs()
+    return float((diff / (eps * ref64.abs()).clamp_min(torch.finfo(got.dtype).tiny)).max())

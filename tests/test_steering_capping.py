@@ -206,3 +206,45 @@ def test_values_read_back_from_a_file_are_checked(tiny, tmp_path, md_change, ten
     with pytest.raises(FileFormatError) as e:
         CapConfig.load(p)
     assert str(p) in str(e.value) and needle in str(e.value), str(e.value)
+
+
+# -- dtype and placement -------------------------------------------------------------------------------------------
+def _float64_cap(h: torch.Tensor, cfg: CapConfig, L: int) -> torch.Tensor:
+    u = cfg.axis[L].double().to(h.device)
+    p = h.double() @ u
+    shift = (cfg.thresholds[L] - p).clamp_min(0) if cfg.kind == "floor" else -(p - cfg.thresholds[L]).clamp_min(0)
+    return h.double() + shift.unsqueeze(-1) * u
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bf16", "tiny_fp16"])
+@pytest.mark.parametrize("kind", ["floor", "ceiling"])
+def test_cap_in_half_precision_equals_a_float64_hook_rounded_once(request, tiny, fixture, kind):
+    """In a bf16/fp16 model the capped block output equals an independent float64 cap of the same raw output,
+    rounded once to the model's dtype. Tolerance: 1 ulp of that dtype per element (measured: <= 0.8)."""
+    m = request.getfixturevalue(fixture)
+    acts, axis = sh.axis_and_reference(tiny)
+    cfg = calibrate_cap(axis, acts, layers=[1, 2], percentile=75 if kind == "floor" else 25, kind=kind)
+    ids, mask = sh.padded_prompts(m, 3)
+    raw, got = sh.bracket_block(m, [1, 2], lambda: ActivationCap(m, cfg), lambda: sh.logits(m.model, ids, mask))
+    for L in (1, 2):
+        assert got[L].dtype == m.model.dtype
+        assert sh.ulps_off(got[L], _float64_cap(raw[L], cfg, L)) <= 1.0
+        assert not torch.equal(got[L], raw[L])  # the cap acted
+
+
+def test_cap_on_a_model_dispatched_with_disk_offload_equals_the_plain_model(tiny, tiny_dispatched):
+    """accelerate ``device_map`` with CPU + disk offload: capped forward and cached generate give the same numbers
+    as on the undispatched model."""
+    acts, axis = sh.axis_and_reference(tiny)
+    cfg = calibrate_cap(axis, acts, layers=[1, 3], percentile=75)
+    ids, mask = sh.padded_prompts(tiny, 2)
+    ids, mask = ids.cpu(), mask.cpu()
+    out = {}
+    for name, m in (("plain", tiny), ("dispatched", tiny_dispatched)):
+        with ActivationCap(m, cfg):
+            out[name] = (sh.logits(m.model, ids, mask),
+                         m.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
+                                          pad_token_id=0))
+    assert torch.equal(out["plain"][0], out["dispatched"][0])
+    assert torch.equal(out["plain"][1], out["dispatched"][1])
+    assert not torch.allclose(out["dispatched"][0], sh.logits(tiny_dispatched.model, ids, mask))  # the cap acted

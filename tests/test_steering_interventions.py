@@ -318,3 +318,37 @@ def test_rel_units_with_valid_norms_scale_by_them(tiny):
     s = Steer(tiny, v, layers=[1, 2], coef=0.5, unit="rel", reference=torch.tensor([1.0, 2.0, 3.0, 4.0]))
     assert s.scale == pytest.approx({1: 2.0 / float(v.norm()), 2: 3.0 / float(v.norm())}, rel=1e-6)
     assert torch.allclose(s.vectors[2].norm(), torch.tensor(3.0))
+
+
+# -- dtype and placement -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fixture", ["tiny_bf16", "tiny_fp16"])
+def test_steer_in_half_precision_equals_a_float64_hook_rounded_once(request, fixture):
+    """In a bf16/fp16 model the steered block output equals an independent hook's ``h + coef * v`` computed in float64
+    from the same raw output and rounded once to the model's dtype. Tolerance: 1 ulp of that dtype (measured: 0)."""
+    m = request.getfixturevalue(fixture)
+    ids, mask = sh.padded_prompts(m, 3)
+    v, coef = sh.vec(scale=3.0), torch.tensor([1.5, -2.0, 0.5])
+    raw, got = sh.bracket_block(m, [1, 2], lambda: Steer(m, v, [1, 2], coef=coef), lambda: sh.logits(m.model, ids, mask))
+    for L in (1, 2):
+        assert got[L].dtype == m.model.dtype
+        ref = raw[L].double() + coef.double().view(-1, 1, 1).to(raw[L].device) * v.double().to(raw[L].device)
+        assert sh.ulps_off(got[L], ref) <= 1.0
+        assert not torch.equal(got[L], raw[L])
+
+
+def test_steer_on_a_model_dispatched_with_disk_offload_equals_the_plain_model(tiny, tiny_dispatched):
+    """accelerate ``device_map`` with CPU + disk offload (blocks 1 and 3 on disk, carrying accelerate's hooks): a
+    steered forward and a steered cached generate give the same numbers as on the undispatched model."""
+    ids, mask = sh.padded_prompts(tiny, 2)
+    v, coef = sh.vec(scale=6.0), torch.tensor([1.0, -1.0])
+    out = {}
+    for name, m in (("plain", tiny), ("dispatched", tiny_dispatched)):
+        with Steer(m, v, layers=[1, 3], coef=coef, positions="generated"):
+            logits = sh.logits(m.model, ids.cpu(), mask.cpu())
+            gen = m.model.generate(input_ids=ids.cpu(), attention_mask=mask.cpu(), max_new_tokens=6, do_sample=False,
+                                   pad_token_id=0)
+        out[name] = (logits, gen)
+    assert torch.equal(out["plain"][0], out["dispatched"][0])
+    assert torch.equal(out["plain"][1], out["dispatched"][1])
+    assert hasattr(tiny_dispatched.layers.blocks[1], "_hf_hook")
+    assert not torch.allclose(out["dispatched"][0], sh.logits(tiny_dispatched.model, ids.cpu(), mask.cpu()))  # it acted

@@ -31,9 +31,11 @@ tensor of norms), so ``coef=1`` moves by one typical residual norm; ``unit="unit
 and adds ``coef`` in raw units along the unit direction. The effective per-layer scale is recorded in
 :meth:`Intervention.record`.
 
-dtype and placement: each vector is copied once to the device and dtype of the block it edits (so models in
-bf16/fp16 and models dispatched over several devices with accelerate work), and the edit is computed in that
-dtype, like the block's own arithmetic.
+dtype and placement: each vector is copied once to the device of the block it edits (so models dispatched over
+several devices with accelerate work). The edit is computed in float32 (or the block's dtype if wider) from the
+block's output and rounded once to the block's dtype: in a bf16/fp16 model the result is the float32 edit up to
+that one rounding, instead of accumulating a rounding of the vector, of ``coef * vector``, of the projection and of
+the sum. The float32 copy of ``[batch, seq, d]`` is transient and smaller than the block's own MLP activations.
 """
 
 from __future__ import annotations
@@ -143,7 +145,8 @@ class Intervention:
 
     # -- subclass API -------------------------------------------------------------------------------------------
     def edit(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Return the edited ``hidden [batch, seq, d]``; ``mask [1, seq, 1]`` selects positions (or None: all)."""
+        """Return the edited ``hidden [batch, seq, d]`` (given in float32 or wider, on the block's device; the base
+        rounds the result to the block's dtype); ``mask [1, seq, 1]`` selects positions (or None: all)."""
         raise NotImplementedError
 
     def record(self) -> dict[str, Any]:
@@ -151,7 +154,8 @@ class Intervention:
         return {"type": type(self).__name__, "layers": list(self.layers), "positions": self.positions.value}
 
     def on_block(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """``t`` on ``like``'s device and in its dtype (copied once per device and dtype, then reused)."""
+        """``t`` on ``like``'s device and in its dtype (copied once per device and dtype, then reused): pass the
+        ``hidden`` that :meth:`edit` receives as ``like``."""
         key = (id(t), like.device, like.dtype)
         got = self._cache.get(key)
         if got is None:
@@ -176,7 +180,9 @@ class Intervention:
     def _hook(self, layer: int):
         def hook(module, args, out):
             hidden = block_output(out)
-            return replace_block_output(out, self.edit(layer, hidden, self._position_mask(hidden)))
+            work = hidden.to(torch.promote_types(hidden.dtype, torch.float32))  # no copy for a float32 model
+            edited = self.edit(layer, work, self._position_mask(hidden))
+            return replace_block_output(out, edited.to(hidden.dtype))
 
         return hook
 
