@@ -155,3 +155,16 @@ def test_prompt_and_input_together_are_refused(f, capsys):
     rc, _, err = run(capsys, "cap", "--model", f["model"], "--config", f["cap_path"], "--prompt", "hi",
                      "--input", f["chats"])
     assert rc == 2 and "not both or neither" in err
+
+
+def test_monitor_html_uses_the_drift_figure_and_shares_plotlyjs(f, capsys):
+    src = f["dir"] / "one.json"
+    src.write_text(json.dumps([{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello!"},
+                               {"role": "user", "content": "And?"}, {"role": "assistant", "content": "Yes."}]))
+    html = f["dir"] / "figs" / "drift.html"
+    rc, out, err = run(capsys, "monitor", src, "--model", f["model"], "--axis", f["axis_path"], "--layer", "2",
+                       "--threshold", "0.25", "--html", html, "--plotlyjs", "directory")
+    assert rc == 0, err
+    page = html.read_text()
+    assert (html.parent / "plotly.min.js").is_file() and 'src="plotly.min.js"' in page
+    assert "threshold 0.25" in page and '"tickformat":"d"' in page.replace(" ", "")

@@ -183,9 +183,14 @@ def test_layer_sweep_figure(data, space):
     fig = plots.layer_sweep(sweep)
     by_name = {t.name: t for t in fig.data}
     np.testing.assert_allclose(by_name["AUROC"].y, sweep.auroc.numpy(), atol=1e-9)
-    np.testing.assert_allclose(by_name["Cohen's d"].y, sweep.cohens_d.numpy(), atol=1e-9)
-    np.testing.assert_allclose(by_name["cos(axis, PC1)"].y, space.pc1_cosine_.numpy(), atol=1e-6)
-    assert by_name["Cohen's d"].yaxis == "y2"
+    np.testing.assert_allclose(by_name["Cohen's d (right axis)"].y, sweep.cohens_d.numpy(), atol=1e-9)
+    # the cosine's sign is PCA's arbitrary sign of PC1: its absolute value shares AUROC's [0, 1] axis
+    np.testing.assert_allclose(by_name["|cos(axis, PC1)|"].y, np.abs(space.pc1_cosine_.numpy()), atol=1e-6)
+    assert by_name["Cohen's d (right axis)"].yaxis == "y2"
+    assert tuple(fig.layout.yaxis.range) == (0.0, 1.02) and "AUROC" in fig.layout.yaxis.title.text
+    assert "Cohen's d" in fig.layout.yaxis2.title.text and "standard deviations" in fig.layout.yaxis2.title.text
+    d = sweep.cohens_d.numpy()
+    assert fig.layout.yaxis2.range[0] <= min(0.0, d.min()) and fig.layout.yaxis2.range[1] >= max(0.0, d.max())
     best = by_name[f"chosen layer {sweep.best_layer}"]
     assert list(best.x) == [sweep.best_layer]
     assert f"layer {sweep.best_layer}" in fig.layout.title.text
@@ -194,7 +199,7 @@ def test_layer_sweep_figure(data, space):
     recs = sweep.to_records()[::-1]
     recs[0] = dict(recs[0], cohens_d=float("inf"))
     fig2 = plots.layer_sweep(recs)
-    d2 = {t.name: t for t in fig2.data}["Cohen's d"]
+    d2 = {t.name: t for t in fig2.data}["Cohen's d (right axis)"]
     assert list(d2.x) == list(sweep.layers) and d2.y[-1] is None
     with pytest.raises(InvalidInputError):
         plots.layer_sweep([])
@@ -353,3 +358,71 @@ def test_save_png_works_or_raises_typed_error(tmp_path, space):
             assert not path.exists()
             return
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_drift_curves_integer_turns_and_threshold_value_in_the_legend():
+    reports = {"a": _report([1.0, 0.5, -0.25], [False, False, True], -0.125)}
+    fig = plots.drift_curves(reports)
+    names = [t.name for t in fig.data]
+    assert "threshold -0.125" in names  # the value, in a legend entry
+    leg = next(t for t in fig.data if t.name == "threshold -0.125")
+    assert leg.line.dash == "dash" and leg.showlegend is not False
+    assert fig.layout.xaxis.tickformat == "d" and fig.layout.xaxis.dtick == 1
+    # the drift line's turns are integers, one tick each
+    assert all(isinstance(x, int) for x in fig.data[0].x)
+
+
+def test_persona_map_names_the_roles_at_both_ends_of_the_axis(data, space):
+    """Text labels (annotations: they show in a static image, unlike hover text) for the `label` roles with the
+    lowest and the highest projection on the axis, placed at their coordinates."""
+    X, D, _, _ = data
+    L = 2
+    fig = plots.persona_map(space, L, label=2)
+    notes = {a.text: (a.x, a.y) for a in fig.layout.annotations}
+    axis = D[L] - X[:, L].mean(0)
+    order = np.argsort(X[:, L] @ (axis / np.linalg.norm(axis)))
+    want = {ROLES[i] for i in [*order[:2], *order[-2:]]}
+    assert want <= set(notes) and len(set(notes) & set(ROLES)) == 4
+    for n in want:
+        i = ROLES.index(n)
+        np.testing.assert_allclose(notes[n], space.loadings_[i, L, :2].numpy(), atol=1e-6)
+    assert not [a for a in plots.persona_map(space, L, label=0).layout.annotations if a.text in ROLES]
+    with pytest.raises(InvalidInputError):
+        plots.persona_map(space, L, label=-1)
+
+
+def test_save_html_with_plotlyjs_in_the_directory_writes_it_once(tmp_path, space):
+    from plotly.offline import get_plotlyjs
+
+    inline = plots.save_figure(plots.scree(space, 1), tmp_path / "inline" / "scree.html")
+    assert inline.stat().st_size > 1_000_000  # plotly.js inside (the old and default behaviour)
+    d = tmp_path / "shared"
+    a = plots.save_figure(plots.scree(space, 1), d / "a.html", plotlyjs="directory")
+    js = d / "plotly.min.js"
+    stamp = js.stat().st_mtime_ns
+    b = plots.save_figure(plots.scree(space, 2), d / "b.html", plotlyjs="directory")
+    assert js.read_text() == get_plotlyjs() and js.stat().st_mtime_ns == stamp  # written once, then left alone
+    for page in (a, b):
+        text = page.read_text()
+        assert page.stat().st_size < 200_000 and 'src="plotly.min.js"' in text
+    assert "Scree plot" in b.read_text() and "layer 2" in b.read_text()
+    with pytest.raises(InvalidInputError, match="plotlyjs"):
+        plots.save_figure(plots.scree(space, 1), d / "c.html", plotlyjs="somewhere")
+
+
+def test_show_gives_notebooks_a_static_fallback(tmp_path, space):
+    view = plots.show(plots.scree(space, 1), tmp_path / "scree.html", plotlyjs="directory")
+    assert (tmp_path / "scree.html").is_file() and (tmp_path / "plotly.min.js").is_file()
+    bundle = view._repr_mimebundle_()
+    # interactive where plotly runs ...
+    assert bundle["application/vnd.plotly.v1+json"]["data"][0]["type"] == "bar"
+    # ... and a caption a static render shows without JavaScript (a PNG too where kaleido can draw)
+    html = bundle["text/html"]
+    caption = html.split("<div", 1)[0]
+    assert "Scree plot" in caption and "scree.html" in caption and "<script" not in caption
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        assert "image/png" not in bundle
+    else:
+        assert "image/png" not in bundle or bundle["image/png"][:4] == b"\x89PNG"

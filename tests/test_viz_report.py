@@ -76,6 +76,16 @@ def test_report_page_has_every_figure_and_the_numbers(result, tmp_path):
         pipeline_report(result, layer=9)
 
 
+def test_report_with_plotlyjs_in_the_directory(result, tmp_path):
+    """plotly.js written once beside the report instead of 4.8 MB inside it; the page refers to it."""
+    inline = write_report(result, tmp_path / "inline.html")
+    path = write_report(result, tmp_path / "r.html", plotlyjs="directory")
+    page = path.read_text()
+    assert (tmp_path / "plotly.min.js").is_file() and 'src="plotly.min.js"' in page
+    assert page.count('class="plotly-graph-div"') == 5 and page.count('src="plotly.min.js"') == 1
+    assert path.stat().st_size < inline.stat().st_size - 3_000_000
+
+
 def test_steering_sweep_rows(tiny, result):
     q = "Hello there! How are you today?"
     rows = steering_sweep(tiny, result.axis, 2, [0.0, 4.0, -4.0], question=q, max_new_tokens=6)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_axes.cli.common import add_model_args, model_options
+from persona_axes.viz.figures import PLOTLYJS_MODES
 
 DEMO_QUESTION = "Tell me about yourself in two sentences."
 
@@ -45,7 +46,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               f"one batched generate:\n  question: {DEMO_QUESTION}")
         for r in steering:
             print(f"  {r.coef:+.1f}: {r.reply}")
-    path = write_report(res, Path(args.out) / "report.html", layer=args.layer, steering=steering)
+    path = write_report(res, Path(args.out) / "report.html", layer=args.layer, steering=steering,
+                        plotlyjs=args.plotlyjs)
     print(f"\nreport: {path}   (vectors in {Path(args.out) / 'vectors'}; {time.time() - t0:.0f}s in all)")
     return 0
 
@@ -91,6 +93,8 @@ def register(sub: Any) -> None:
     demo.add_argument("--max-new-tokens", type=int, default=40, help="tokens per steered reply")
     demo.add_argument("--no-steer", dest="steer", action="store_false", help="skip the steering sweep")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--plotlyjs", choices=PLOTLYJS_MODES, default="inline",
+                      help="plotly.js inside the report (default), or once beside it (directory), or from the cdn")
     demo.set_defaults(func=_cmd_demo)
 
     pipe = sub.add_parser(

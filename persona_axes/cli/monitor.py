@@ -10,6 +10,7 @@ from persona_axes.cli.batch import INPUT_HELP, read_conversations, write_jsonl
 from persona_axes.cli.common import add_command, add_model_args, file_kind, load_model_from_args, read_vector, \
     require_file
 from persona_axes.errors import InvalidInputError
+from persona_axes.viz.figures import PLOTLYJS_MODES
 
 
 def _cmd_monitor_many(args: argparse.Namespace) -> int:
@@ -77,9 +78,9 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
                        "axis": rep.axis_name, "records": rep.to_records()}, f, indent=1)
         print(f"wrote {args.json}")
     if args.html:
-        from persona_axes.viz.plots import save_figure
+        from persona_axes.viz.plots import drift_curves, save_figure
 
-        save_figure(rep.figure(), args.html)
+        save_figure(drift_curves({rep.axis_name: rep}), args.html, plotlyjs=args.plotlyjs)
         print(f"wrote {args.html}")
     return 0
 
@@ -110,4 +111,7 @@ def register(sub: Any) -> None:
                      help="alert when the value falls below (default) or rises above --threshold")
     mon.add_argument("--ema", type=float, default=None, help="EMA smoothing factor in (0, 1]")
     mon.add_argument("--html", default=None, help="write a plotly figure here (.html)")
+    mon.add_argument("--plotlyjs", choices=PLOTLYJS_MODES, default="inline",
+                     help="plotly.js inside the page (default), once beside it in the folder (directory: for many "
+                     "pages), or from the cdn")
     mon.add_argument("--json", default=None, help="write the per-turn records here (.json)")

@@ -84,14 +84,46 @@ _KALEIDO_HELP = (
 )
 
 
+PLOTLYJS_FILE = "plotly.min.js"
+#: How an HTML page gets plotly.js: ``"inline"`` (inside the page, ~4.8 MB, opens offline anywhere),
+#: ``"directory"`` (one ``plotly.min.js`` written beside the pages and shared by them, offline too) or ``"cdn"``
+#: (loaded from the internet when the page is opened).
+PLOTLYJS_MODES = ("inline", "directory", "cdn")
+
+
+def check_plotlyjs(mode: Any) -> str:
+    if mode not in PLOTLYJS_MODES:
+        raise InvalidInputError(f"plotlyjs={mode!r} is not one of {', '.join(PLOTLYJS_MODES)}")
+    return mode
+
+
+def include_plotlyjs(mode: str) -> bool | str:
+    """plotly's ``include_plotlyjs`` value for a mode of :data:`PLOTLYJS_MODES`."""
+    return {"inline": True, "directory": "directory", "cdn": "cdn"}[check_plotlyjs(mode)]
+
+
+def write_plotlyjs(folder: str | os.PathLike) -> Path:
+    """``folder/plotly.min.js`` (the installed plotly's own), written once: left alone when it already holds it."""
+    from plotly.offline import get_plotlyjs
+
+    path = Path(folder) / PLOTLYJS_FILE
+    js = get_plotlyjs().encode("utf-8")
+    if path.is_file() and path.stat().st_size == len(js) and path.read_bytes() == js:
+        return path
+    with atomic_write(path, "wb") as f:
+        f.write(js)
+    return path
+
+
 def save_figure(fig: Any, path: str | os.PathLike, *, width: int | None = None, height: int | None = None,
-                scale: float | None = None) -> Path:
+                scale: float | None = None, plotlyjs: str = "inline") -> Path:
     """Write ``fig`` to ``path``, atomically; returns the path.
 
-    ``.html`` / ``.htm``: a standalone page with plotly.js inlined (works offline). ``.png``, ``.svg``, ``.pdf``,
-    ``.jpg``/``.jpeg``, ``.webp``: a static image via kaleido (``width``/``height``/``scale`` apply); when kaleido
-    or its browser is not usable this raises :class:`InvalidInputError` saying how to enable it — it never
-    writes nothing silently.
+    ``.html`` / ``.htm``: a standalone page; ``plotlyjs`` says where plotly.js comes from (:data:`PLOTLYJS_MODES`:
+    ``"inline"`` by default; ``"directory"`` writes one ``plotly.min.js`` beside the page, shared by every page
+    saved there, instead of 4.8 MB in each). ``.png``, ``.svg``, ``.pdf``, ``.jpg``/``.jpeg``, ``.webp``: a static
+    image via kaleido (``width``/``height``/``scale`` apply); when kaleido or its browser is not usable this raises
+    :class:`InvalidInputError` saying how to enable it — it never writes nothing silently.
     """
     go = plotly_go()
     if not isinstance(fig, go.Figure):
@@ -101,7 +133,10 @@ def save_figure(fig: Any, path: str | os.PathLike, *, width: int | None = None, 
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".html", ".htm"):
-        page = fig.to_html(full_html=True, include_plotlyjs=True)
+        include = include_plotlyjs(plotlyjs)
+        if plotlyjs == "directory":
+            write_plotlyjs(path.parent)
+        page = fig.to_html(full_html=True, include_plotlyjs=include)
         with atomic_write(path, "wb") as f:
             f.write(page.encode("utf-8"))
         return path
@@ -109,21 +144,70 @@ def save_figure(fig: Any, path: str | os.PathLike, *, width: int | None = None, 
         raise InvalidInputError(
             f"cannot tell the format of {path.name!r}: use .html, or an image suffix {sorted(_IMAGE_SUFFIXES)}"
         )
-    try:
-        import kaleido  # noqa: F401
-    except ImportError:
-        raise InvalidInputError(f"cannot write {path.name}: {_KALEIDO_HELP}") from None
-    try:
-        blob = fig.to_image(format=_IMAGE_SUFFIXES[suffix], width=width, height=height, scale=scale)
-    except Exception as e:  # kaleido raises assorted errors when it cannot start its browser
-        raise InvalidInputError(f"cannot write {path.name}: image export failed ({type(e).__name__}: {e}). "
-                                f"{_KALEIDO_HELP}") from e
-    if not blob:
-        raise InvalidInputError(f"cannot write {path.name}: the image backend returned no data. {_KALEIDO_HELP}")
+    blob = _image_bytes(fig, _IMAGE_SUFFIXES[suffix], path.name, width=width, height=height, scale=scale)
     with atomic_write(path, "wb") as f:
         f.write(blob)
     return path
 
 
+def _image_bytes(fig: Any, fmt: str, name: str, **opts: Any) -> bytes:
+    """The figure as an image through kaleido; InvalidInputError saying how to enable it when it cannot."""
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        raise InvalidInputError(f"cannot write {name}: {_KALEIDO_HELP}") from None
+    try:
+        blob = fig.to_image(format=fmt, **opts)
+    except Exception as e:  # kaleido raises assorted errors when it cannot start its browser
+        raise InvalidInputError(f"cannot write {name}: image export failed ({type(e).__name__}: {e}). "
+                                f"{_KALEIDO_HELP}") from e
+    if not blob:
+        raise InvalidInputError(f"cannot write {name}: the image backend returned no data. {_KALEIDO_HELP}")
+    return blob
+
+
+class FigureView:
+    """A figure as a notebook shows it: interactive where plotly.js runs (the plotly mimetype for JupyterLab /
+    VS Code, an HTML div for classic Jupyter and nbviewer), and still visible in a static render (GitHub, nbconvert
+    without JavaScript): a PNG when kaleido can draw one, and always a plain-HTML caption naming the figure and
+    its saved standalone copy. Made by :func:`show`; ``.figure`` is the plotly figure."""
+
+    def __init__(self, figure: Any, path: Path | None = None):
+        self.figure = figure
+        self.path = path
+
+    def title(self) -> str:
+        t = self.figure.layout.title.text
+        return str(t) if t else "figure"
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        import json
+
+        saved = f"; standalone copy: <code>{esc(self.path)}</code>" if self.path is not None else ""
+        caption = (f"<p style='font-family:sans-serif;font-size:13px'>Figure: <b>{self.title()}</b> "
+                   f"(interactive plotly figure{saved})</p>")
+        div = self.figure.to_html(full_html=False, include_plotlyjs="cdn")
+        bundle: dict[str, Any] = {"application/vnd.plotly.v1+json": json.loads(self.figure.to_json()),
+                                  "text/html": caption + div, "text/plain": f"<figure: {self.title()}>"}
+        try:
+            bundle["image/png"] = _image_bytes(self.figure, "png", "the notebook image")
+        except InvalidInputError:  # no kaleido (or no browser for it): the caption is the static fallback
+            pass
+        return bundle
+
+    def __repr__(self) -> str:
+        return f"FigureView({self.title()!r}, path={str(self.path) if self.path else None!r})"
+
+
+def show(fig: Any, path: str | os.PathLike | None = None, *, plotlyjs: str = "inline") -> FigureView:
+    """``fig`` for display as a notebook cell's result (see :class:`FigureView`), saved first to ``path`` with
+    :func:`save_figure` when given (``plotlyjs="directory"`` shares one plotly.min.js among the saved pages)."""
+    go = plotly_go()
+    if not isinstance(fig, go.Figure):
+        raise InvalidInputError(f"fig must be a plotly.graph_objects.Figure, got {type(fig).__name__}")
+    saved = save_figure(fig, path, plotlyjs=plotlyjs) if path is not None else None
+    return FigureView(fig, saved)
+
 __all__ = ["PALETTE", "DEFAULT_COLOUR", "plotly_go", "layer_label", "esc", "wrap_text", "fmt", "space_position",
-           "check_bins", "check_number", "save_figure"]
+           "check_bins", "check_number", "save_figure", "PLOTLYJS_FILE", "PLOTLYJS_MODES", "check_plotlyjs",
+           "include_plotlyjs", "write_plotlyjs", "FigureView", "show"]

@@ -61,8 +61,11 @@ def _sweep_records(obj: Any) -> tuple[list[dict[str, Any]], int | None]:
 
 
 def layer_sweep(sweep_or_records: LayerSweep | Sequence[Mapping[str, Any]], *, title: str | None = None):
-    """Per layer: AUROC and cos(Assistant Axis, PC1) on the left axis, Cohen's d on the right axis; the chosen
-    layer (``best_layer``, or the record with ``best=True``) is marked with a vertical line.
+    """Per layer, two scales that each read naturally: AUROC and |cos(Assistant Axis, PC1)| share the left axis,
+    fixed to [0, 1] (both are "1 = perfect"; the cosine's sign only reflects PCA's arbitrary sign of PC1, so its
+    absolute value is drawn and the signed one is in the hover text); Cohen's d, in standard deviations and
+    unbounded, has the right axis to itself, with its zero marked. The chosen layer (``best_layer``, or the record
+    with ``best=True``) is starred and marked with a vertical line.
 
     Accepts a :class:`~persona_axes.vectors.space.LayerSweep`, its ``to_records()`` list, or a DataFrame of it.
     Infinite Cohen's d values (zero spread) are left out of the line and named in the hover text.
@@ -87,9 +90,10 @@ def layer_sweep(sweep_or_records: LayerSweep | Sequence[Mapping[str, Any]], *, t
     common = dict(mode="lines+markers", hovertext=texts, hovertemplate="%{hovertext}<extra></extra>")
     fig.add_trace(go.Scatter(x=x, y=[finite(r["auroc"]) for r in recs], name="AUROC",
                              line=dict(color=PALETTE[0]), **common), secondary_y=False)
-    fig.add_trace(go.Scatter(x=x, y=[finite(r["pc1_cosine"]) for r in recs], name="cos(axis, PC1)",
+    fig.add_trace(go.Scatter(x=x, y=[finite(abs(r["pc1_cosine"])) for r in recs], name="|cos(axis, PC1)|",
                              line=dict(color=PALETTE[2], dash="dot"), **common), secondary_y=False)
-    fig.add_trace(go.Scatter(x=x, y=[finite(r["cohens_d"]) for r in recs], name="Cohen's d",
+    d_vals = [finite(r["cohens_d"]) for r in recs]
+    fig.add_trace(go.Scatter(x=x, y=d_vals, name="Cohen's d (right axis)",
                              line=dict(color=PALETTE[1], dash="dash"), **common), secondary_y=True)
     if best is not None:
         r = next(r for r in recs if r["layer"] == best)
@@ -97,12 +101,18 @@ def layer_sweep(sweep_or_records: LayerSweep | Sequence[Mapping[str, Any]], *, t
                                  marker=dict(symbol="star", size=18, color="gold", line=dict(width=1.5, color="black")),
                                  hovertext=[hov(r)], hovertemplate="%{hovertext}<extra></extra>"), secondary_y=False)
         fig.add_vline(x=best, line_dash="dash", line_color="grey", annotation_text=f"chosen: layer {best}")
+    finite_d = [v for v in d_vals if v is not None]
+    lo, hi = min([0.0, *finite_d]), max([0.0, *finite_d])
+    pad = 0.05 * (hi - lo or 1.0)
     fig.update_xaxes(title_text="layer L (output of decoder block L, 0-based)", tickmode="linear", dtick=1
                      if len(x) <= 40 else None)
-    fig.update_yaxes(title_text="AUROC, cos(axis, PC1)", range=[-1.05, 1.05], secondary_y=False)
-    fig.update_yaxes(title_text="Cohen's d (default − roles)", secondary_y=True, showgrid=False)
+    fig.update_yaxes(title_text="AUROC and |cos(axis, PC1)| (0 to 1)", range=[0.0, 1.02], secondary_y=False)
+    fig.update_yaxes(title_text="Cohen's d, default − roles (standard deviations)", secondary_y=True,
+                     showgrid=False, range=[lo - pad, hi + pad], zeroline=True, zerolinecolor=PALETTE[1],
+                     title_font=dict(color=PALETTE[1]), tickfont=dict(color=PALETTE[1]))
     sub = f" (chosen: layer {best})" if best is not None else ""
-    fig.update_layout(title=dict(text=title or f"Assistant Axis separation per layer{sub}"))
+    fig.update_layout(title=dict(text=title or f"Assistant Axis separation per layer{sub}"),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
     return fig
 
 

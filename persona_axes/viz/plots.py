@@ -9,7 +9,7 @@ The figures live by family in :mod:`~persona_axes.viz.space_plots` (persona map,
 
 from __future__ import annotations
 
-from persona_axes.viz.figures import save_figure
+from persona_axes.viz.figures import FigureView, save_figure, show
 from persona_axes.viz.layer_plots import layer_sweep, trait_cosine_heatmap
 from persona_axes.viz.projection_plots import drift_curves, projection_histogram
 from persona_axes.viz.space_plots import persona_map, scree
@@ -22,4 +22,6 @@ __all__ = [
     "drift_curves",
     "projection_histogram",
     "save_figure",
+    "show",
+    "FigureView",
 ]

@@ -66,11 +66,16 @@ def drift_curves(reports: Mapping[str, DriftReport], *, threshold: float | None 
                                                               if r.threshold is not None})
     for t in lines:
         fig.add_hline(y=t, line_dash="dash", line_color="red", annotation_text=f"threshold {fmt(t)}")
+        # the value in the legend too (a line across the plot has no legend entry of its own)
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"threshold {fmt(t)}",
+                                 line=dict(color="red", dash="dash"), hoverinfo="skip"))
+    n_turns = max(t.turn for r in reports.values() for t in r.assistant()) + 1
     where = layer_label(layers[0]) if len(layers) == 1 else f"layers {layers} (outputs of decoder blocks, 0-based)"
     axis = axes[0] if len(axes) == 1 else "the axes " + ", ".join(axes)
     fig.update_layout(
         title=dict(text=title or f"Drift: assistant turns projected onto {esc(axis)} at {where}"),
-        xaxis=dict(title=dict(text="conversation turn"), tickmode="linear", dtick=1),
+        xaxis=dict(title=dict(text="conversation turn (0 = first)"), tickformat="d",
+                   **(dict(tickmode="linear", dtick=1) if n_turns <= 30 else {})),
         yaxis=dict(title=dict(text="projection onto the unit axis (residual-stream units)")),
         hoverlabel=dict(align="left"),
     )

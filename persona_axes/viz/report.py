@@ -25,6 +25,7 @@ from persona_axes.files import atomic_write
 from persona_axes.judges.base import accepts_role
 from persona_axes.runs.stages import PipelineResult
 from persona_axes.runs.rollouts import RolloutStore
+from persona_axes.viz.figures import include_plotlyjs, write_plotlyjs
 
 _STYLE = """
 body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; max-width: 1100px; margin: 2em auto;
@@ -157,14 +158,16 @@ def html_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, left: in
 def pipeline_report(result: PipelineResult, *, layer: int | None = None,
                     steering: Sequence[SteeredReply] | None = None, title: str | None = None,
                     notes: Mapping[str, Any] | None = None,
-                    sections: Sequence[tuple[str, str]] = ()) -> str:
-    """The report as one standalone HTML page (plotly.js inlined once, so it opens offline).
+                    sections: Sequence[tuple[str, str]] = (), plotlyjs: str = "inline") -> str:
+    """The report as one standalone HTML page (plotly.js inlined once, so it opens offline; ``plotlyjs=
+    "directory"`` refers to a ``plotly.min.js`` beside the page instead, which :func:`write_report` writes).
 
     ``layer``: the layer the figures centre on (default: the sweep's choice). ``steering``: replies from
     :func:`steering_sweep`. ``notes``: extra ``{label: value}`` rows for the header table (e.g. the experiment
     config). ``sections``: ``(heading, html)`` pairs appended at the end; their html is inserted as given."""
     from persona_axes.viz import plots
 
+    first_js = include_plotlyjs(plotlyjs)
     s = result.summary
     L = report_layer(result, layer)
     out_dir = Path(result.out_dir)
@@ -215,7 +218,8 @@ def pipeline_report(result: PipelineResult, *, layer: int | None = None,
              "<table class=kv>" + "".join(f"<tr><td>{_esc(k)}</td><td class=l>{_esc(v)}</td></tr>"
                                           for k, v in head_rows) + "</table>"]
     for k, (heading, caption, fig) in enumerate(figures):
-        div = fig.to_html(full_html=False, include_plotlyjs=(k == 0), default_height="520px")
+        div = fig.to_html(full_html=False, include_plotlyjs=first_js if k == 0 else False,
+                          default_height="520px")
         parts.append(f"<h2>{_esc(heading)}</h2><p>{_esc(caption)}</p>{div}")
 
     rows = [(k, f"{c:+.3f}", f"{ev:.3f}", "" if auc is None else f"{auc:.3f}", "" if d is None else f"{d:.2f}")
@@ -260,9 +264,12 @@ def pipeline_report(result: PipelineResult, *, layer: int | None = None,
 
 
 def write_report(result: PipelineResult, path: str | os.PathLike | None = None, **kwargs: Any) -> Path:
-    """Write :func:`pipeline_report` to ``path`` (default ``<out_dir>/report.html``), atomically."""
+    """Write :func:`pipeline_report` to ``path`` (default ``<out_dir>/report.html``), atomically; with
+    ``plotlyjs="directory"`` also ``plotly.min.js`` beside it (once, shared by every page in that folder)."""
     path = Path(path) if path is not None else Path(result.out_dir) / "report.html"
     page = pipeline_report(result, **kwargs)
+    if kwargs.get("plotlyjs") == "directory":
+        write_plotlyjs(path.parent)
     with atomic_write(path, "wb") as f:
         f.write(page.encode("utf-8"))
     return path

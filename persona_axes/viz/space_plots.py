@@ -100,6 +100,7 @@ def persona_map(
     samples: Mapping[str, Sequence[str]] | None = None,
     roles: VectorSet | None = None,
     default_label: str = "default Assistant",
+    label: int = 3,
     title: str | None = None,
 ):
     """Roles as points in persona space at model ``layer``: their PCA coordinates on components ``dims``.
@@ -113,12 +114,16 @@ def persona_map(
     ``default_label`` gives the default's). ``roles``: the VectorSet the space was fitted on; it makes the axis
     colours exact when the space kept fewer components than the role vectors span (otherwise they come from
     the roles' reconstruction in the kept components, and the colour bar says "≈"). The default Assistant (when
-    the space was fitted with one) is drawn as a star (a diamond in 3D), outside the colour scale.
+    the space was fitted with one) is drawn as a star (a diamond in 3D), outside the colour scale. ``label``: how
+    many roles at EACH end of the Assistant Axis (by their projection; by the first plotted component when the
+    space has no axis) are named in place, as text that shows in a static image too; 0 names none.
     """
     go = plotly_go()
     j = space_position(space, layer)
     L = space.layers_[j]
     dims = _check_dims(dims, space.n_components_)
+    if isinstance(label, bool) or not isinstance(label, int) or label < 0:
+        raise InvalidInputError(f"label must be a non-negative integer (roles named at each end), got {label!r}")
     if colour_by not in ("axis", "family", None):
         raise InvalidInputError(f"colour_by must be 'axis', 'family' or None, got {colour_by!r}")
     fam = _families_map(families)
@@ -185,6 +190,22 @@ def persona_map(
             marker.update(color=PALETTE[0])
         fig.add_trace(Scatter(**xyz_kwargs(coords), mode="markers", name="roles", text=names, hovertext=texts,
                               hovertemplate="%{hovertext}<extra></extra>", marker=marker))
+
+    if label:  # name the extremes in place, as annotations: hover text does not survive a static image
+        key = proj.tolist() if proj is not None else coords[:, 0].tolist()
+        order = sorted(range(len(names)), key=lambda i: key[i])
+        low = set(order[:label])
+        notes = [dict(x=float(coords[i, 0]), y=float(coords[i, 1]), text=esc(names[i]), showarrow=False,
+                      yshift=-12 if i in low else 12, font=dict(size=11, color=DEFAULT_COLOUR))
+                 for i in sorted(low | set(order[-label:]), key=lambda i: key[i])]
+        if three:
+            for n, i in zip(notes, sorted(low | set(order[-label:]), key=lambda i: key[i])):
+                n.pop("yshift")
+                n["z"] = float(coords[i, 2])
+            fig.update_layout(scene=dict(annotations=notes))
+        else:
+            for n in notes:
+                fig.add_annotation(**n)
 
     if has_axis:
         dcoords = space.default_loadings_[j][list(dims)].double()[None]
