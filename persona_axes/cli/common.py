@@ -17,7 +17,7 @@ from typing import Any
 from pathlib import Path
 
 from persona_axes.core import LAYER_SPEC_FORMS, ModelInfo, format_layers, parse_layer_spec
-from persona_axes.errors import FileFormatError, InvalidInputError
+from persona_axes.errors import InvalidInputError
 
 LAYER_HELP = "layers: 12 | 12,14,16 | 8:12 (half-open, 8..11) | all"
 
@@ -104,18 +104,10 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
 
 
 def read_header(path: str | os.PathLike) -> dict:
-    """The ``__metadata__`` of a safetensors file without loading its tensors."""
-    p = Path(path)
-    with open(p, "rb") as f:
-        head = f.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else 0
-        if n <= 0 or n > p.stat().st_size - 8:
-            raise FileFormatError(f"{p}: not a safetensors file")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise FileFormatError(f"{p}: not a safetensors file (bad header: {e})") from e
-    return header.get("__metadata__") or {}
+    """The ``__metadata__`` of a safetensors file without loading its tensors (FileFormatError if it is not one)."""
+    from persona_axes.files import read_safetensors_metadata
+
+    return read_safetensors_metadata(path)
 
 
 def file_kind(path: str | os.PathLike) -> tuple[str, str]:
