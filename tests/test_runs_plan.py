@@ -74,12 +74,14 @@ def test_calibration_is_scaled_by_parameters_and_given_figures_win():
     assert mixed.throughput.generate_tps == 7.0 and math.isclose(mixed.throughput.capture_tps, 5000 * f)
     same = plan_job(_cfg("smollm2-quick"), calibration=cal)  # the calibrated model itself: no scaling
     assert same.throughput.generate_tps == 1000.0 and not same.notes
+    on_cpu = plan_job(_cfg("smollm2-quick"), calibration=(Throughput(1.0, 1.0, "m", "cpu"), 4.0))
+    assert any("calibrated on a CPU" in n for n in on_cpu.notes)
 
 
 def test_calibrate_on_a_tiny_model(tiny):
     reqs = get_preset("smoke").build_requests()
     thr, prompt = calibrate(reqs, model=tiny, n=4, max_new_tokens=4)
-    assert thr.generate_tps > 0 and thr.capture_tps > 0
+    assert thr.generate_tps > 0 and thr.capture_tps > 0 and thr.device == tiny.model.device.type
     from persona_axes.activations.batch import render_all
 
     sample = reqs[:: len(reqs) // 4][:4]

@@ -30,7 +30,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             from persona_axes.engines.openai_http import OpenAIEngine
 
             engine = OpenAIEngine(args.server, args.served_model or "default", concurrency=args.concurrency)
-        calibration = calibrate(requests, model=load_model(), engine=engine, n=args.calibration_replies,
+        import torch
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        calibration = calibrate(requests, model=load_model(device=device), engine=engine, n=args.calibration_replies,
                                 max_new_tokens=args.calibration_tokens)
     overrides = {k: getattr(args, k) for k in ("roles", "questions", "samples", "max_new_tokens")
                  if getattr(args, k) is not None}
@@ -65,5 +68,6 @@ def register(sub) -> None:
     c.add_argument("--server", default=None, help="calibrate generation on this OpenAI-compatible server")
     c.add_argument("--served-model", default=None, help="the model name the server serves")
     c.add_argument("--concurrency", type=int, default=8, help="requests in flight when calibrating a server")
+    c.add_argument("--device", default=None, help="where to calibrate (default: cuda if available, else cpu)")
     c.add_argument("--calibration-replies", type=int, default=8)
     c.add_argument("--calibration-tokens", type=int, default=32)

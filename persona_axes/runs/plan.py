@@ -143,6 +143,7 @@ class Throughput:
     generate_tps: float
     capture_tps: float
     source: str = "given"
+    device: str = ""  # where a calibration ran ("cpu", "cuda"); "" for given figures
 
     def __post_init__(self) -> None:
         check_float(self.generate_tps, "generate_tps", positive=True)
@@ -152,7 +153,7 @@ class Throughput:
         """These figures moved from a model of ``from_params`` parameters to one of ``to_params``."""
         f = from_params / to_params
         return Throughput(self.generate_tps * f, self.capture_tps * f,
-                          f"{self.source}, scaled by parameters x{f:.3g}")
+                          f"{self.source}, scaled by parameters x{f:.3g}", self.device)
 
 
 def calibrate(requests: Sequence[Any], *, model: Any = None, engine: Any = None, n: int = 8,
@@ -182,8 +183,10 @@ def calibrate(requests: Sequence[Any], *, model: Any = None, engine: Any = None,
     capture(model, rendered, batch_size=n, progress=False)
     cap_s = time.perf_counter() - t0
     prompts = render_all(model.tokenizer, [r.messages() for r in sample], add_generation_prompt=True)
-    where = f"measured here on {getattr(engine, 'name', 'the engine')} ({n} replies, {max_new_tokens} new tokens)"
-    return (Throughput(max(tokens, 1) / gen_s, sum(len(r) for r in rendered) / cap_s, where),
+    device = str(next(model.model.parameters()).device.type)
+    where = (f"measured on {device} with {getattr(engine, 'name', 'the engine')} ({n} replies, {max_new_tokens} new "
+             "tokens)")
+    return (Throughput(max(tokens, 1) / gen_s, sum(len(r) for r in rendered) / cap_s, where, device),
             sum(len(p) for p in prompts) / len(prompts))
 
 
@@ -230,7 +233,7 @@ class JobPlan:
             f"activation pass: {s.capture_tokens:,.0f} tokens (mean prompt {s.prompt_tokens:.0f} + reply)",
             f"activations: {_bytes(s.activation_bytes)} (float32, {s.shape.n_layers} layers x {s.shape.hidden_size} "
             "per reply)",
-            f"throughput per replica: {t.generate_tps:,.1f} generated tok/s, {t.capture_tps:,.1f} capture tok/s "
+            f"throughput per replica: {_num(t.generate_tps)} generated tok/s, {_num(t.capture_tps)} capture tok/s "
             f"({t.source})",
             f"estimated wall time: {_duration(self.total_seconds)} (rollouts {_duration(self.rollout_seconds)}, "
             f"activation pass {_duration(self.capture_seconds)})",
@@ -246,12 +249,18 @@ def _bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def _num(x: float) -> str:
+    return f"{x:,.1f}" if x >= 100 else f"{x:.3g}"
+
+
 def _duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 2 * 3600:
         return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+    if seconds < 72 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:,.1f} days"
 
 
 def load_job_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -300,6 +309,9 @@ def plan_job(config: str | os.PathLike | Mapping[str, Any], *, gpus: int = 1, en
             cal = cal.scaled(cal_params, shape.n_params)
             notes.append("throughput scaled from a small model by parameter count: a rough guide only; measure the "
                          "target (e.g. a short run) and pass --throughput for a real estimate")
+        if cal.device == "cpu":
+            notes.append("calibrated on a CPU: GPU throughput is far higher; run the planner on the GPU machine or "
+                         "pass --throughput/--capture-throughput")
         if engine != "hf" and generate_tps is None:
             notes.append(f"generation calibrated with the HF engine here; a {engine} server batches far better")
         throughput = Throughput(cal.generate_tps if generate_tps is None else generate_tps,
