@@ -69,3 +69,31 @@ def test_verify_restamps_legacy_files(capsys, tmp_path):
 def test_verify_missing_path(capsys, tmp_path):
     rc, _, err = run(capsys, "verify", tmp_path / "nope")
     assert rc == 2 and "no such file or folder" in err
+
+
+def test_verify_run_summary_and_rollout_store(capsys, tmp_path):
+    """A run folder's summary.json and rollouts.jsonl: ok; a line without its check is legacy until --restamp; a
+    changed line FAILS with its line number."""
+    import json
+    import shutil
+
+    from test_fuzz_files import SHIPPED, _store
+
+    from persona_axes.runs.store import LINE_CHECK_KEY
+
+    store = _store(tmp_path)
+    shutil.copy(SHIPPED / "summary.json", tmp_path / "summary.json")
+    rc, out, err = run(capsys, "verify", tmp_path)
+    assert rc == 0 and "2 ok" in out, out + err
+    lines = store.read_text().splitlines()
+    first = json.loads(lines[0])
+    del first[LINE_CHECK_KEY]
+    store.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    rc, out, _ = run(capsys, "verify", store)
+    assert rc == 0 and out.startswith("legacy")
+    rc, out, _ = run(capsys, "verify", "--restamp", store)
+    assert rc == 0 and out.startswith("restamped")
+    lines = store.read_text().splitlines()
+    store.write_text("\n".join([lines[0], lines[1].replace("Reply 1", "Reply 9"), *lines[2:]]) + "\n")
+    rc, _, err = run(capsys, "verify", store)
+    assert rc == 1 and "line 2" in err

@@ -12,8 +12,10 @@ from typing import Any
 
 from persona_axes.cli.common import add_command
 
-#: Suffixes a folder is searched for (a file named explicitly is checked whatever its suffix).
+#: What a folder is searched for (a file named explicitly is checked whatever its name): our tensor files and
+#: exports by suffix, a run's summary and rollout store by name (other .json/.jsonl files are data, not ours).
 SUFFIXES = (".safetensors", ".gguf", ".npz")
+NAMES = ("summary.json", "rollouts.jsonl")
 
 
 def _loaders() -> dict[str, Callable[[Path], Any]]:
@@ -34,6 +36,10 @@ def check_path(path: Path, *, restamp: bool = False) -> tuple[str, str]:
     from persona_axes.export import guess_format, import_vector
 
     try:
+        if path.name == "summary.json":
+            return _check_summary(path, restamp)
+        if path.suffix == ".jsonl":
+            return _check_store(path, restamp)
         fmt = guess_format(path)
         if fmt == "safetensors":
             kind = files.read_safetensors_metadata(path).get("kind", "?")
@@ -65,15 +71,48 @@ def check_path(path: Path, *, restamp: bool = False) -> tuple[str, str]:
         return "FAILED", str(e)
 
 
+def _check_summary(path: Path, restamp: bool) -> tuple[str, str]:
+    from persona_axes.runs.summary import RunSummary
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = RunSummary.load(path)
+    if not caught:
+        return "ok", "run summary: checksum matches"
+    if restamp:
+        summary.save(path)
+        RunSummary.load(path)
+        return "restamped", "run summary: every key checked, re-written with its checksum"
+    return "legacy", f"run summary without a checksum; re-stamp it with 'persona-axes verify --restamp {path}'"
+
+
+def _check_store(path: Path, restamp: bool) -> tuple[str, str]:
+    from persona_axes.runs.store import RolloutStore
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        store = RolloutStore(path)
+    torn = [w for w in caught if "truncated last line" in str(w.message)]
+    if store.legacy_lines and restamp:
+        n = store.restamp()
+        return "restamped", f"rollout store: {len(store)} records, {n} line(s) given their check"
+    if store.legacy_lines:
+        return "legacy", (f"rollout store: {store.legacy_lines} of {len(store)} line(s) carry no check; re-stamp "
+                          f"with 'persona-axes verify --restamp {path}'")
+    if torn:
+        return "ok", f"rollout store: {len(store)} records; a torn last line (an interrupted run) will be re-done"
+    return "ok", f"rollout store: {len(store)} records, every line's check matches"
+
+
 def _walk(paths: list[str]) -> Iterator[Path]:
     from persona_axes.errors import FileFormatError
 
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in SUFFIXES
-                           and not q.name.startswith("."))
+            found = sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".")
+                           and (q.suffix in SUFFIXES or q.name in NAMES))
             if not found:
-                raise FileFormatError(f"{p}: no {', '.join(SUFFIXES)} files in this folder")
+                raise FileFormatError(f"{p}: no {', '.join(SUFFIXES + NAMES)} files in this folder")
             yield from found
         elif p.is_file():
             yield p
@@ -94,9 +133,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     sp = add_command(
         sub, "verify", "check files for damage (checksums and a full load); re-stamp legacy files",
-        "Check each file (folders: every .safetensors, .gguf and .npz inside, recursively): our safetensors files "
+        "Check each file (folders: every .safetensors, .gguf, .npz, summary.json and rollouts.jsonl inside, "
+        "recursively): our safetensors files "
         "(vectors, vector sets, capping configs, activations) against their checksum over tensors and metadata "
-        "and by loading them; GGUF control vectors we exported against theirs; .npz by their zip CRCs. Prints one "
+        "and by loading them; GGUF control vectors we exported against theirs; .npz by their zip CRCs; a run's "
+        "summary.json against its checksum and a rollout store (.jsonl) line by line. Prints one "
         "line per file (ok, legacy, restamped, unchecked or FAILED) and exits non-zero if any FAILED.\n\n"
         "Legacy files (written before the checksum covered metadata) still load, with a warning; --restamp "
         "re-writes them with the current checksum after loading them in full, values unchanged.",
