@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import warnings
 
 import pytest
@@ -92,3 +93,109 @@ def test_nan_scores_are_stored_as_null_and_read_back_as_nan(tmp_path):
         store.update_judge("none", {"missing/id": {"score": 1}})
 
 
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-line checks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def write_store(path, n=6):
+    recs = [make_record(r, f"reply {i}: caf\u00e9 \u263a") for i, r in enumerate(small_requests()[:n])]
+    S.RolloutStore(path).append(recs)
+    return recs
+
+
+def test_every_line_carries_a_check_of_its_record(tmp_path):
+    path = tmp_path / "r.jsonl"
+    recs = write_store(path)
+    for line, rec in zip(path.read_text().splitlines(), recs):
+        d = json.loads(line)
+        check = d.pop(S.LINE_CHECK_KEY)
+        assert check == S.line_check(d) and len(check) == 16
+        assert S.Rollout.from_dict(d) == rec
+
+
+def test_a_changed_line_is_refused_with_file_and_line_number(tmp_path):
+    path = tmp_path / "r.jsonl"
+    write_store(path)
+    lines = path.read_text().splitlines()
+    lines[3] = lines[3].replace("reply 3", "reply 9")  # still valid JSON and a valid record: only the check sees it
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(FileFormatError, match=f"{path}, line 4: fails its check"):
+        S.RolloutStore(path)
+    # the last line too, when it has its newline (a kill cannot have written a whole line without it)
+    lines = path.read_text().splitlines()
+    lines[3] = lines[3].replace("reply 9", "reply 3")
+    lines[-1] = lines[-1].replace("reply 5", "reply 7")
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(FileFormatError, match="line 6: fails its check"):
+        S.RolloutStore(path)
+    # a whole last line without its newline that fails its check is corrupt, not torn
+    path.write_text("\n".join(lines))
+    with pytest.raises(FileFormatError, match="line 6: fails its check"):
+        S.RolloutStore(path)
+
+
+def test_legacy_lines_without_checks_load_with_a_warning_and_restamp(tmp_path):
+    path = tmp_path / "r.jsonl"
+    recs = write_store(path)
+    stripped = []
+    for line in path.read_text().splitlines():
+        d = json.loads(line)
+        d.pop(S.LINE_CHECK_KEY)
+        stripped.append(json.dumps(d, ensure_ascii=False))
+    path.write_text("\n".join(stripped) + "\n")
+    with pytest.warns(UserWarning, match=f"{path}: 6 line\\(s\\) carry no per-line check.*restamp"):
+        store = S.RolloutStore(path)
+    assert store.records() == recs and store.legacy_lines == 6
+    assert store.restamp() == 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = S.RolloutStore(path)
+    assert again.records() == recs and all(S.LINE_CHECK_KEY in json.loads(x) for x in path.read_text().splitlines())
+
+
+def test_fuzz_bit_flips_and_truncations(tmp_path):
+    """Seeded single-bit flips anywhere in a store, and truncations: a flip is refused with a FileFormatError naming
+    the file and the line, or loads identical records; a truncation (a kill mid-write, the documented exception)
+    loads a prefix of the records, with a warning when it tore a line, and never a changed record."""
+    path = tmp_path / "good.jsonl"
+    recs = write_store(path)
+    S.RolloutStore(path).update_judge("fake/v1", {recs[0].id: {"score": 2, "rationale": "ok", "raw": 0.25},
+                                                  recs[-1].id: {"score": float("nan"), "rationale": "-", "raw": None}})
+    good = S.RolloutStore(path).records()
+    src = path.read_bytes()
+    rng = random.Random(16)
+    p = tmp_path / "r.jsonl"
+    refused = identical = 0
+    for _ in range(300):
+        blob = bytearray(src)
+        pos, bit = rng.randrange(len(src)), rng.randrange(8)
+        blob[pos] ^= 1 << bit
+        p.write_bytes(bytes(blob))
+        line = src[:pos].count(b"\n") + 1
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # a flip is never "dropped with a warning"
+                got = S.RolloutStore(p).records()
+        except FileFormatError as e:
+            assert str(p) in str(e) and f"line {line}:" in str(e), str(e)
+            refused += 1
+            continue
+        assert got == good, f"flip at byte {pos} bit {bit} loaded changed records"
+        identical += 1
+    assert refused >= 295
+    lines = src.split(b"\n")[:-1]
+    for _ in range(60):
+        cut = rng.randrange(len(src))
+        p.write_bytes(src[:cut])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = S.RolloutStore(p).records()
+        whole = src[:cut].count(b"\n")
+        tail = src[:cut].split(b"\n")[-1]  # the part of line whole + 1 that was written
+        complete = bool(tail) and tail == lines[whole]  # cut right before a newline: a whole line
+        assert got == good[: whole + complete]  # a prefix, never a changed record
+        warned = any("truncated last line" in str(w.message) and str(p) in str(w.message) for w in caught)
+        assert warned == (bool(tail) and not complete)

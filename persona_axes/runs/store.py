@@ -106,6 +106,9 @@ class Rollout:
         missing = [n for n in names if n not in data and n != "judge"]
         if missing:
             raise FileFormatError(f"rollout record lacks field(s) {missing}")
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise FileFormatError(f"rollout record has unknown field(s) {unknown}")
         rec = cls(**{n: data[n] for n in names if n in data})
         if not isinstance(rec.sampling, dict) or not isinstance(rec.judge, dict) or not isinstance(rec.response, str) \
                 or not isinstance(rec.model, str) or not isinstance(rec.created, str) \
