@@ -367,6 +367,26 @@ def cosine64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _import_tqdm_auto_quietly() -> None:
+    """Import ``tqdm.auto`` once, with its "IProgress not found" warning silenced, where ipywidgets is missing.
+
+    In a Jupyter kernel without ipywidgets, the first import of ``tqdm.auto`` (ours, or transformers' at its own
+    import) warns and falls back to the plain bar. The fallback is right; the warning is noise in every notebook.
+    Importing it here first, quietly, leaves the module cached for everyone after us."""
+    import importlib.util
+    import sys
+    import warnings
+
+    if "tqdm.auto" in sys.modules or importlib.util.find_spec("ipywidgets") is not None:
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*IProgress not found.*")
+        import tqdm.auto  # noqa: F401
+
+
+_import_tqdm_auto_quietly()
+
+
 def progress_bar(iterable: Iterable | None = None, **kwargs: Any):
     """A tqdm progress bar: the notebook widget where ``ipywidgets`` is installed, else the plain text bar (which
     Jupyter shows as text). ``tqdm.auto`` would instead warn "IProgress not found" in every Jupyter cell that runs
