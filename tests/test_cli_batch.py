@@ -168,3 +168,21 @@ def test_monitor_html_uses_the_drift_figure_and_shares_plotlyjs(f, capsys):
     page = html.read_text()
     assert (html.parent / "plotly.min.js").is_file() and 'src="plotly.min.js"' in page
     assert "threshold 0.25" in page and '"tickformat":"d"' in page.replace(" ", "")
+
+
+def test_rollouts_limit_is_per_kind(f, capsys):
+    """`--kinds role,default --limit 2` gives 2 role AND 2 default rollouts (it gave 2 role ones and no default)."""
+    from persona_axes.runs.requests import get_preset
+    from persona_axes.runs.store import RolloutStore
+
+    out_dir = f["dir"] / "runs"
+    rc, out, err = run(capsys, "rollouts", "--model", f["model"], "--preset", "quick", "--out", out_dir,
+                       "--kinds", "role,default", "--limit", "2", "--max-new-tokens", "2", "--quiet")
+    assert rc == 0, err
+    store = list(RolloutStore(out_dir / "rollouts.jsonl"))
+    assert sorted(r.kind for r in store) == ["default", "default", "role", "role"]
+    want = get_preset("quick").build_requests(include=["role", "default"])
+    for kind in ("role", "default"):
+        first_two = [q.id for q in want if q.kind == kind][:2]  # the store keeps generation order
+        assert {r.id for r in store if r.kind == kind} == set(first_two)
+    assert "2 role, 2 default" in err

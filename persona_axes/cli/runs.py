@@ -28,17 +28,17 @@ def _parse_kinds(text: str) -> list[str]:
 def _cmd_rollouts(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from persona_axes.runs.rollouts import RolloutStore, get_preset, run_rollouts
+    from persona_axes.runs.requests import get_preset, limit_per_kind
+    from persona_axes.runs.rollouts import run_rollouts
+    from persona_axes.runs.store import RolloutStore
 
     preset = get_preset(args.preset)
     if args.max_new_tokens is not None:
         preset = replace(preset, max_new_tokens=args.max_new_tokens)
     kinds = _parse_kinds(args.kinds)
-    requests = preset.build_requests(include=kinds)
-    if args.limit is not None:
-        if args.limit < 1:
-            raise InvalidInputError(f"--limit must be >= 1, got {args.limit}")
-        requests = requests[: args.limit]
+    if args.limit is not None and args.limit < 1:
+        raise InvalidInputError(f"--limit must be >= 1, got {args.limit}")
+    requests = limit_per_kind(preset.build_requests(include=kinds), args.limit)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"--out {args.out!r} is a file; give a folder")
@@ -46,7 +46,8 @@ def _cmd_rollouts(args: argparse.Namespace) -> int:
     store_path = out / "rollouts.jsonl"
     store = RolloutStore(store_path)
     todo = sum(1 for r in requests if r.id not in store)
-    print(f"preset {preset.name}: {len(requests)} requests ({', '.join(kinds)}), {len(requests) - todo} already in "
+    per_kind = ", ".join(f"{sum(1 for r in requests if r.kind == k)} {k}" for k in kinds)
+    print(f"preset {preset.name}: {len(requests)} requests ({per_kind}), {len(requests) - todo} already in "
           f"{store_path}, {todo} to generate", file=sys.stderr)
     loaded = load_model_from_args(args) if todo else None
     if loaded is None:
@@ -70,7 +71,7 @@ def _rollout_store_path(path: str) -> Path:
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from persona_axes.activations.extraction import extract
-    from persona_axes.runs.rollouts import RolloutStore
+    from persona_axes.runs.store import RolloutStore
 
     for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size), ("--chunk-size", args.chunk_size)):
         if value is not None and value < 1:  # --limit 0 took every rollout and --limit -1 dropped the last one
@@ -103,7 +104,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 def _load_roles(path: str):
     from persona_axes.activations.container import Activations
-    from persona_axes.vectors.containers import VectorSet, role_vectors
+    from persona_axes.vectors.containers import VectorSet
+    from persona_axes.vectors.methods import role_vectors
 
     _, kind = file_kind(path)
     if kind == "vector_set":
@@ -165,7 +167,9 @@ def register(sub: Any) -> None:
     rol.add_argument("--out", required=True, help="output folder (resumable)")
     rol.add_argument("--kinds", default=",".join(RolloutKind.values()),
                      help=f"comma list of {', '.join(RolloutKind.values())}")
-    rol.add_argument("--limit", type=int, default=None, help="only the first N requests (for a try-out)")
+    rol.add_argument("--limit", type=int, default=None,
+                     help="only the first N requests OF EACH KIND (for a try-out: --kinds role,default --limit 6 "
+                     "gives 6 of each)")
     rol.add_argument("--max-new-tokens", type=int, default=None, help="override the preset's reply length")
     rol.add_argument("--batch-size", type=int, default=None)
     rol.add_argument("--seed", type=int, default=0)
