@@ -64,8 +64,36 @@ def bracket_block(loaded, layers, make_intervention, run):
     return raw, edited
 
 
-def ulps_off(got: torch.Tensor, ref64: torch.Tensor) -> float:
-    """Largest elementwise ``|got - ref|`` in units of the ulp of ``got``'s dtype at ``|ref|`` (eps * |ref|)."""
+def ulps_off(got: torch.Tensor, ref64: torch.Tensor, scale: torch.Tensor | None = None) -> float:
+    """Largest elementwise ``|got - ref|`` in ulps of ``got``'s dtype: units of ``eps * scale``, with ``scale`` the
+    magnitude of the operands that went into each element (default ``|ref|``: the result's own ulp). Rounding the
+    exact edit to ``got``'s dtype once is <= 0.5 of the result's ulp; float32 arithmetic on operands of magnitude
+    ``scale`` adds at most about ``eps32 * scale``."""
     eps = torch.finfo(got.dtype).eps
+    scale = ref64.abs() if scale is None else scale.double()
     diff = (got.double() - ref64).abs()
-    return float((diff / (eps * ref64.abs()).clamp_min(torch.finfo(got.dtype).tiny)).max())
+    return float((diff / (eps * scale).clamp_min(torch.finfo(got.dtype).tiny)).max())
+
+
+def gemma_prompt(gemma):
+    """One rendered user turn (with the generation prompt) for Gemma 3, as ``(ids, mask)`` on the model's device."""
+    r = pa.render_chat(gemma.tokenizer, [{"role": "user", "content": "Tell me about the sea, please."}],
+                       add_generation_prompt=True)
+    ids = torch.tensor([r.input_ids], device=gemma.model.get_input_embeddings().weight.device)
+    return ids, torch.ones_like(ids)
+
+
+def logits_under_own_hooks(loaded, edits, ids, mask):
+    """Logits with the test's own forward hooks doing ``edits[L](h) -> h'`` (float64 in, rounded to h's dtype)."""
+    handles = [loaded.layers.blocks[L].register_forward_hook(lambda mod, a, o, f=f: f(o.double()).to(o.dtype))
+               for L, f in edits.items()]
+    try:
+        return logits(loaded.model, ids, mask)
+    finally:
+        [h.remove() for h in handles]
+
+
+def max_diffs(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """``(max |a - b|, max |a - b| / max |b|)``."""
+    d = (a.double() - b.double()).abs().max()
+    return float(d), float(d / b.double().abs().max())

@@ -216,6 +216,14 @@ def _float64_cap(h: torch.Tensor, cfg: CapConfig, L: int) -> torch.Tensor:
     return h.double() + shift.unsqueeze(-1) * u
 
 
+def _cap_operands(h: torch.Tensor, cfg: CapConfig, L: int) -> torch.Tensor:
+    """Elementwise magnitude of what goes into a capped element: |h_i| + |delta_i| + (|h| . |u|) |u_i| (the last
+    term bounds the float32 rounding of the projection, carried into every element along u)."""
+    u = cfg.axis[L].double().to(h.device)
+    h64 = h.double()
+    return h64.abs() + (_float64_cap(h, cfg, L) - h64).abs() + (h64.abs() @ u.abs()).unsqueeze(-1) * u.abs()
+
+
 @pytest.mark.parametrize("fixture", ["tiny_bf16", "tiny_fp16"])
 @pytest.mark.parametrize("kind", ["floor", "ceiling"])
 def test_cap_in_half_precision_equals_a_float64_hook_rounded_once(request, tiny, fixture, kind):
@@ -248,3 +256,28 @@ def test_cap_on_a_model_dispatched_with_disk_offload_equals_the_plain_model(tiny
     assert torch.equal(out["plain"][0], out["dispatched"][0])
     assert torch.equal(out["plain"][1], out["dispatched"][1])
     assert not torch.allclose(out["dispatched"][0], sh.logits(tiny_dispatched.model, ids, mask))  # the cap acted
+
+
+# -- a second real architecture: Gemma 3 270M ------------------------------------------------------------------------
+@pytest.mark.slow
+def test_cap_on_gemma3_equals_an_independent_hook(gemma3):
+    convs = [[{"role": "user", "content": "Tell me about the sea."}, {"role": "assistant", "content": "It is wide and deep."}],
+             [{"role": "user", "content": "What is two plus two?"}, {"role": "assistant", "content": "Four."}]]
+    layers = [6, 12]
+    acts = pa.capture(gemma3, convs, layers=layers, which="messages", progress=False)
+    axis = torch.randn(gemma3.layers.n_layers, gemma3.layers.hidden_size, generator=torch.Generator().manual_seed(4))
+    cfg = calibrate_cap(axis, acts, layers=layers, percentile=75)
+    ids, mask = sh.gemma_prompt(gemma3)
+    raw, got = sh.bracket_block(gemma3, layers, lambda: ActivationCap(gemma3, cfg), lambda: sh.logits(gemma3.model, ids, mask))
+    for L in layers:
+        # float32 model: the projection sums 640 rounded products, so allow a few ulps of the operands (measured 1.2)
+        off = sh.ulps_off(got[L], _float64_cap(raw[L], cfg, L), _cap_operands(raw[L], cfg, L))
+        print(f"gemma3 ActivationCap block {L} vs float64 cap: {off:.3g} ulps of the operands")
+        assert off <= 4.0, L
+        assert not torch.equal(got[L], raw[L])  # the cap acted
+    with ActivationCap(gemma3, cfg):
+        capped = sh.logits(gemma3.model, ids, mask)
+    own = sh.logits_under_own_hooks(gemma3, {L: (lambda h, L=L: _float64_cap(h, cfg, L)) for L in layers}, ids, mask)
+    diff, rel = sh.max_diffs(capped, own)
+    print(f"gemma3 ActivationCap logits vs own hook: max abs {diff:.3g}, max rel {rel:.3g}")
+    assert rel <= 1e-5

@@ -352,3 +352,38 @@ def test_steer_on_a_model_dispatched_with_disk_offload_equals_the_plain_model(ti
     assert torch.equal(out["plain"][1], out["dispatched"][1])
     assert hasattr(tiny_dispatched.layers.blocks[1], "_hf_hook")
     assert not torch.allclose(out["dispatched"][0], sh.logits(tiny_dispatched.model, ids.cpu(), mask.cpu()))  # it acted
+
+
+# -- a second real architecture: Gemma 3 270M (sliding-window + global attention, scaled embeddings) ---------------
+@pytest.mark.slow
+def test_steer_on_gemma3_equals_an_independent_hook_and_tracks_positions(gemma3):
+    ids, mask = sh.gemma_prompt(gemma3)
+    P = ids.shape[1]
+    v = torch.randn(gemma3.layers.hidden_size, generator=torch.Generator().manual_seed(5)) * 4.0
+    layers = [6, 12]
+    raw, got = sh.bracket_block(gemma3, layers, lambda: Steer(gemma3, v, layers, coef=1.5),
+                                lambda: sh.logits(gemma3.model, ids, mask))
+    for L in layers:
+        delta = 1.5 * v.double().to(raw[L].device)
+        ref = raw[L].double() + delta
+        # float32 model: one ulp of the operands (|h| + |delta|); the result's own ulp is no bound where they cancel
+        off = sh.ulps_off(got[L], ref, raw[L].double().abs() + delta.abs())
+        print(f"gemma3 Steer block {L} vs float64 edit: {off:.3g} ulps of the operands")
+        assert off <= 1.0, L
+    with Steer(gemma3, v, layers, coef=1.5):
+        steered = sh.logits(gemma3.model, ids, mask)
+    own = sh.logits_under_own_hooks(gemma3, {L: (lambda h: h + 1.5 * v.double().to(h.device)) for L in layers}, ids, mask)
+    diff, rel = sh.max_diffs(steered, own)
+    print(f"gemma3 Steer logits vs own hook: max abs {diff:.3g}, max rel {rel:.3g}")
+    assert rel <= 1e-5
+    assert not torch.allclose(steered, sh.logits(gemma3.model, ids, mask))  # it acted
+    # the sliding-window cache reports its full length too: 'prompt' edits only the prompt forward
+    for positions in ("prompt", "generated"):
+        steps = _edits_per_forward(
+            gemma3, 6, lambda: Steer(gemma3, v, [6], positions=positions),
+            lambda: gemma3.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, min_new_tokens=3,
+                                          do_sample=False))
+        assert [s[0] for s in steps] == [0, P, P + 1]
+        for offset, edited in steps:
+            pos = torch.arange(offset, offset + edited.shape[1]).expand_as(edited).to(edited.device)
+            assert torch.equal(edited, pos < P if positions == "prompt" else pos >= P - 1), (positions, offset)
