@@ -281,3 +281,28 @@ def test_cap_on_gemma3_equals_an_independent_hook(gemma3):
     diff, rel = sh.max_diffs(capped, own)
     print(f"gemma3 ActivationCap logits vs own hook: max abs {diff:.3g}, max rel {rel:.3g}")
     assert rel <= 1e-5
+
+
+def test_from_official_release_layout(tmp_path):
+    """``CapConfig.from_official`` on a ``capping_config.pt`` written here in the release's layout (the official
+    rule caps the role-ward vector v from above at ``cap``; ours is the same cap as a floor on u = -v/|v| at -cap)."""
+    base = tmp_path / "qwen-3-32b"  # the folder names the model (64 layers, d=5120)
+    base.mkdir()
+    g = torch.Generator().manual_seed(2)
+    vectors = {f"layer_{L}/contrast_role_pos3_default1": {"vector": torch.randn(5120, generator=g).to(torch.bfloat16),
+                                                          "layer": L} for L in range(46, 54)}
+    caps = {L: -1.25 + 0.01 * L for L in range(46, 54)}
+    experiments = [{"id": "layers_46:54-p0.25", "interventions": [
+        {"vector": f"layer_{L}/contrast_role_pos3_default1", "cap": caps[L]} for L in range(46, 54)]}]
+    torch.save({"vectors": vectors, "experiments": experiments}, base / "capping_config.pt")
+    cfg = CapConfig.from_official(base / "capping_config.pt", experiment="layers_46:54-p0.25")
+    assert cfg.layers == list(range(46, 54)) and cfg.kind == "floor" and cfg.model.hidden_size == 5120
+    h = torch.randn(20, 5120, generator=g) * 3
+    for L in (46, 53):
+        v = vectors[f"layer_{L}/contrast_role_pos3_default1"]["vector"].double()
+        v = v / v.norm()
+        official = h.double() - (h.double() @ v - caps[L]).clamp(min=0)[:, None] * v
+        u, tau = cfg.axis[L].double(), cfg.thresholds[L]
+        ours = h.double() + (tau - h.double() @ u).clamp(min=0)[:, None] * u
+        assert float((ours - official).abs().max()) < 1e-4
+        assert bool(((h.double() @ v) > caps[L]).any())  # the cap acts on some rows

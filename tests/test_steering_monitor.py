@@ -72,6 +72,8 @@ def test_report_dataframe_and_figure(tiny):
     assert list(df["projection"]) == [r.projection for r in rep.records]
     fig = rep.figure()
     assert len(fig.data) >= 2 and fig.layout.title.text.startswith("Projection onto")
+    assert fig.layout.xaxis.dtick == 1 and fig.layout.xaxis.tickformat == "d"  # whole turns
+    assert "threshold +0 (below)" in fig.layout.annotations[0].text  # the threshold's value is shown
 
 
 def test_live_monitor_with_cap_matches_offline(tiny):

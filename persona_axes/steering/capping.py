@@ -137,6 +137,15 @@ class CapConfig:
         }, md, kind="capping")
 
     @classmethod
+    def from_official(cls, path: str | os.PathLike, **kwargs: Any) -> CapConfig:
+        """One experiment of the Assistant Axis release's ``capping_config.pt`` as a floor on the unit axis; the
+        keyword arguments (``experiment=``, ``axis=``, ``model=``) and the conversion are those of
+        :func:`persona_axes.export.official.import_official_capping`."""
+        from persona_axes.export.official import import_official_capping
+
+        return cls(**import_official_capping(path, **kwargs).cap_config_fields())
+
+    @classmethod
     def load(cls, path: str | os.PathLike, *, model: Any = None) -> CapConfig:
         """Read a config saved by :meth:`save`; any invalid field in the file is a :class:`FileFormatError` naming
         it. With ``model``, also check that the config was made for it."""

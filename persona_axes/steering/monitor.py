@@ -96,9 +96,10 @@ class DriftReport:
                                      mode="markers", name="alert", marker=dict(color="red", size=12, symbol="x")))
         if self.threshold is not None:
             fig.add_hline(y=self.threshold, line_dash="dash", line_color="red",
-                          annotation_text=f"threshold ({self.direction})")
+                          annotation_text=f"threshold {self.threshold:+.3g} ({self.direction})")
         fig.update_layout(title=title or f"Projection onto {self.axis_name} at layer {self.layer}",
-                          xaxis_title="turn", yaxis_title="projection (residual units)")
+                          xaxis_title="turn", yaxis_title="projection (residual units)",
+                          xaxis=dict(tickformat="d", dtick=1))  # turns are whole numbers
         return fig
 
 
