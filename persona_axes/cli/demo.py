@@ -35,10 +35,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     res = run_pipeline(loaded, args.out, cfg, progress=not args.quiet)
     print()
     print(text_summary(res, layer=args.layer))
-    layer = res.summary["best_layer"] if args.layer is None else args.layer
+    layer = res.summary.best_layer if args.layer is None else args.layer
     steering = []
     if args.steer:
-        ref = Activations.load(Path(args.out) / "activations" / "default.safetensors", model=loaded)
+        ref = res.activations.get("default") or Activations.load(
+            Path(args.out) / "activations" / "default.safetensors", model=loaded)
         coefs = [-0.6, -0.3, 0.0, 0.3, 0.6]
         steering = steering_sweep(loaded, res.axis, layer, coefs, question=DEMO_QUESTION, reference=ref,
                                   max_new_tokens=args.max_new_tokens)
@@ -60,14 +61,14 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     cfg = PipelineConfig(preset=args.preset, judge=args.judge, seed=args.seed)
     res = run_pipeline(loaded, args.out, cfg, progress=not args.quiet)
     s = res.summary
-    print(f"\n{s['model']}: {sum(s['n_rollouts'].values())} rollouts, judge {s['judge']}, "
-          f"role acceptance {s['role_acceptance_rate']:.0%}, {len(s['roles_kept'])} roles kept")
-    print(f"chosen layer {s['best_layer']}; cos(axis, PC1) and PC1 explained variance by layer:")
-    for L, (c, ev) in enumerate(zip(s["pc1_cosine_by_layer"], s["pc1_explained_variance_by_layer"])):
+    print(f"\n{s.model}: {sum(s.n_rollouts.values())} rollouts, judge {s.judge}, "
+          f"role acceptance {s.role_acceptance_rate:.0%}, {len(s.roles_kept)} roles kept")
+    print(f"chosen layer {s.best_layer}; cos(axis, PC1) and PC1 explained variance by layer:")
+    for L, (c, ev) in enumerate(zip(s.pc1_cosine_by_layer, s.pc1_explained_variance_by_layer)):
         print(f"  layer {L:>2}: cos {c:+.3f}   PC1 var {ev:.3f}")
     print(f"\nwrote {res.out_dir}/vectors/ and {res.out_dir}/summary.json")
     if args.publish:
-        from persona_axes.runs.stages import publish
+        from persona_axes.runs.publish import publish
 
         cmd = f"persona-axes pipeline --preset {args.preset} --judge {args.judge} --out {args.out} --publish {args.publish}"
         print(f"published to {publish(res.out_dir, args.publish, cmd)}")

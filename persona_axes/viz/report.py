@@ -22,9 +22,10 @@ import torch
 from persona_axes.activations.container import Activations
 from persona_axes.errors import InvalidInputError
 from persona_axes.files import atomic_write
-from persona_axes.judges.base import accepts_role
+from persona_axes.judges.base import role_item_accepted
 from persona_axes.runs.stages import PipelineResult
-from persona_axes.runs.rollouts import RolloutStore
+from persona_axes.runs.summary import RunSummary
+from persona_axes.runs.store import RolloutStore
 from persona_axes.viz.figures import include_plotlyjs, write_plotlyjs
 
 _STYLE = """
@@ -98,18 +99,18 @@ def _activations(out_dir: Path, group: str, model: Any) -> Activations | None:
 def report_layer(result: PipelineResult, layer: int | None = None) -> int:
     """The layer a report centres on: ``layer`` when given (checked against the fitted layers), else the layer the
     pipeline's sweep chose."""
-    chosen = int(result.summary["best_layer"]) if layer is None else layer
+    chosen = int(result.summary.best_layer) if layer is None else layer
     if isinstance(chosen, bool) or not isinstance(chosen, int) or chosen not in result.space.layers_:
         raise InvalidInputError(f"layer {layer!r} is not one of the fitted layers {list(result.space.layers_)}")
     return chosen
 
 
-def _per_layer(s: Mapping[str, Any]) -> list[tuple[int, float, float, float | None, float | None]]:
+def _per_layer(s: RunSummary) -> list[tuple[int, float, float, float | None, float | None]]:
     """``(layer, cos(axis, PC1), PC1 explained variance, AUROC, Cohen's d)`` for every layer of a run's summary
     (AUROC and d are ``None`` for layers the sweep did not cover)."""
-    sweep = {r["layer"]: r for r in s["layer_sweep"]}
+    sweep = {r["layer"]: r for r in s.layer_sweep}
     return [(k, c, ev, sweep.get(k, {}).get("auroc"), sweep.get(k, {}).get("cohens_d"))
-            for k, (c, ev) in enumerate(zip(s["pc1_cosine_by_layer"], s["pc1_explained_variance_by_layer"]))]
+            for k, (c, ev) in enumerate(zip(s.pc1_cosine_by_layer, s.pc1_explained_variance_by_layer))]
 
 
 def _pc1_ranking(result: PipelineResult, layer: int) -> tuple[float, list[tuple[str, float]]]:
@@ -125,10 +126,10 @@ def text_summary(result: PipelineResult, *, layer: int | None = None) -> str:
     s = result.summary
     L = report_layer(result, layer)
     lines = [
-        f"{s['model']}: {sum(s['n_rollouts'].values())} rollouts ({', '.join(f'{n} {k}' for k, n in s['n_rollouts'].items())}), "
-        f"judge {s['judge']}, role acceptance {s['role_acceptance_rate']:.0%}, {len(s['roles_kept'])} roles kept",
-        f"layer {L} ({'chosen by the sweep' if layer is None else 'given'}): cos(axis, PC1) {s['pc1_cosine_by_layer'][L]:+.3f}, "
-        f"PC1 explains {s['pc1_explained_variance_by_layer'][L]:.1%} of role variance",
+        f"{s.model}: {sum(s.n_rollouts.values())} rollouts ({', '.join(f'{n} {k}' for k, n in s.n_rollouts.items())}), "
+        f"judge {s.judge}, role acceptance {s.role_acceptance_rate:.0%}, {len(s.roles_kept)} roles kept",
+        f"layer {L} ({'chosen by the sweep' if layer is None else 'given'}): cos(axis, PC1) {s.pc1_cosine_by_layer[L]:+.3f}, "
+        f"PC1 explains {s.pc1_explained_variance_by_layer[L]:.1%} of role variance",
         "",
         f"{'layer':>5}  {'cos(axis,PC1)':>13}  {'PC1 var':>7}  {'AUROC':>6}  {'d':>5}",
     ]
@@ -176,7 +177,7 @@ def pipeline_report(result: PipelineResult, *, layer: int | None = None,
 
     figures.append(("Layer sweep", "How well the Assistant Axis separates default-assistant replies from role "
                     "replies at each layer (AUROC, Cohen's d) and how closely it aligns with PC1.",
-                    plots.layer_sweep(s["layer_sweep"])))
+                    plots.layer_sweep(s.layer_sweep)))
     samples = _role_samples(out_dir)
     figures.append((f"Persona map at layer {L}", "Each role's mean vector on the first two principal components, "
                     "coloured by its projection onto the Assistant Axis; the star is the default Assistant. "
@@ -184,10 +185,11 @@ def pipeline_report(result: PipelineResult, *, layer: int | None = None,
                     plots.persona_map(result.space, L, families=result.roles, samples=samples, roles=result.roles)))
     figures.append((f"Scree at layer {L}", "Share of the role vectors' variance per principal component.",
                     plots.scree(result.space, L)))
-    default_acts, role_acts = _activations(out_dir, "default", info), _activations(out_dir, "role", info)
+    default_acts = result.activations.get("default") or _activations(out_dir, "default", info)
+    role_acts = result.activations.get("role") or _activations(out_dir, "role", info)
     if default_acts is not None and role_acts is not None:
-        accepted = role_acts.select(lambda it: it.get("score") is None or accepts_role(int(it["score"])))
-        threshold = s.get("capping", {}).get("thresholds", {}).get(str(L))
+        accepted = role_acts.select(role_item_accepted)
+        threshold = s.capping.thresholds.get(str(L)) if s.capping is not None else None
         figures.append((f"Projections at layer {L}", "Every default-assistant reply and every accepted role reply, "
                         "projected onto the unit Assistant Axis; the dashed line is the capping floor when this "
                         "layer is capped.",
@@ -197,22 +199,22 @@ def pipeline_report(result: PipelineResult, *, layer: int | None = None,
         figures.append((f"Trait vectors at layer {L}", "Cosine similarity between the trait vectors, with the "
                         "Assistant Axis last.", plots.trait_cosine_heatmap(result.traits, L, axis=result.axis)))
 
-    t = s.get("timings_s", {})
+    t = s.timings_s or {}
     head_rows = [
-        ("model", s["model"]), ("layers x hidden size", f"{info.n_layers} x {info.hidden_size}"),
-        ("preset", f"{s['preset']['name']}: {s['preset']['description']}"),
-        ("rollouts", ", ".join(f"{n} {k}" for k, n in s["n_rollouts"].items())),
-        ("judge", s["judge"]),
-        ("role acceptance", f"{s['role_acceptance_rate']:.1%}; {len(s['roles_kept'])} roles kept, "
-                            f"{len(s['roles_skipped'])} skipped (fewer than {s.get('min_role_samples', '?')} accepted)"),
+        ("model", s.model), ("layers x hidden size", f"{info.n_layers} x {info.hidden_size}"),
+        ("preset", f"{s.preset['name']}: {s.preset['description']}"),
+        ("rollouts", ", ".join(f"{n} {k}" for k, n in s.n_rollouts.items())),
+        ("judge", s.judge),
+        ("role acceptance", f"{s.role_acceptance_rate:.1%}; {len(s.roles_kept)} roles kept, "
+                            f"{len(s.roles_skipped)} skipped (fewer than {s.min_role_samples} accepted)"),
         ("report layer", f"{L} ({'chosen by the layer sweep' if layer is None else 'given'})"),
-        (f"cos(axis, PC1) at layer {L}", f"{s['pc1_cosine_by_layer'][L]:+.3f}"),
-        (f"PC1 explained variance at layer {L}", f"{s['pc1_explained_variance_by_layer'][L]:.1%}"),
+        (f"cos(axis, PC1) at layer {L}", f"{s.pc1_cosine_by_layer[L]:+.3f}"),
+        (f"PC1 explained variance at layer {L}", f"{s.pc1_explained_variance_by_layer[L]:.1%}"),
         ("time", f"{t.get('total_s', float('nan')) / 60:.1f} min (rollouts {t.get('rollouts_s', 0) / 60:.1f}, "
                  f"judge {t.get('judge_s', 0) / 60:.1f}, capture {t.get('capture_s', 0) / 60:.1f})"),
         *((str(k), str(v)) for k, v in (notes or {}).items()),
     ]
-    parts = [f"<h1>{_esc(title or 'Persona space of ' + s['model'])}</h1>",
+    parts = [f"<h1>{_esc(title or 'Persona space of ' + s.model)}</h1>",
              "<p>Layer L is the output of decoder block L (0-based). The Assistant Axis is mean(default-assistant "
              "replies) - mean(role vectors); PC1 is flipped to point towards the Assistant.</p>",
              "<table class=kv>" + "".join(f"<tr><td>{_esc(k)}</td><td class=l>{_esc(v)}</td></tr>"
@@ -239,16 +241,16 @@ def pipeline_report(result: PipelineResult, *, layer: int | None = None,
                  + html_table(("family", "mean PC1", "roles"), fam_rows, left=1)
                  + html_table(("role", "family", "PC1"), [(n, fam.get(n, ""), f"{v:+.2f}") for n, v in ranked], left=2))
 
-    if s.get("traits"):
+    if s.traits:
         parts.append("<h2>Trait vectors</h2>" + html_table(
-            ("trait", "n pos", "n neg", "judge-filtered", f"cos with axis at layer {s['best_layer']}"),
-            [(n, i["n_pos"], i["n_neg"], i["judge_filtered"], f"{i['cos_axis_at_best_layer']:+.3f}")
-             for n, i in sorted(s["traits"].items())], left=1))
-    cap = s.get("capping")
+            ("trait", "n pos", "n neg", "judge-filtered", f"cos with axis at layer {s.best_layer}"),
+            [(n, i.n_pos, i.n_neg, i.judge_filtered, f"{i.cos_axis_at_best_layer:+.3f}")
+             for n, i in sorted(s.traits.items())], left=1))
+    cap = s.capping
     if cap:
-        parts.append(f"<h2>Activation cap</h2><p>A {_esc(cap['kind'])} at the {cap['percentile']:g}th percentile of "
-                     f"default-assistant projections, over layers {_esc(cap['layers'])}.</p>" + html_table(
-                         ("layer", "threshold"), [(k, f"{v:+.3f}") for k, v in cap["thresholds"].items()]))
+        parts.append(f"<h2>Activation cap</h2><p>A {_esc(cap.kind)} at the {cap.percentile:g}th percentile of "
+                     f"default-assistant projections, over layers {_esc(cap.layers)}.</p>" + html_table(
+                         ("layer", "threshold"), [(k, f"{v:+.3f}") for k, v in cap.thresholds.items()]))
     if steering:
         parts.append(f"<h2>Steering along the Assistant Axis</h2><p>One batched generation, a coefficient per row, "
                      f"added along the unit axis at layer {steering[0].layer} to generated tokens, in "
