@@ -321,3 +321,39 @@ def test_dispatched_with_disk_offload_through_transformer_lens(tiny, tiny_checkp
     got = pa.capture(own, convs, batch_size=4, backend="tlens", progress=False)
     ref = pa.capture(tiny, convs, batch_size=4, progress=False)
     assert torch.allclose(got.values.cpu(), ref.values.cpu(), rtol=1e-6, atol=1e-6)
+
+
+def test_public_arguments_are_checked_at_the_boundary(tiny, tmp_path):
+    """Types and ranges as a rule: wrong types, floats for integers, unknown enum values (also when read back from a
+    file), NaN in values about to be saved: each a typed error naming the argument."""
+    from persona_axes.core import ModelInfo, Reduce, Which
+
+    convs = conversations(2)
+    for kwargs, err, match in [
+        (dict(batch_size=2.0), InvalidInputError, "batch_size"), (dict(batch_size="2"), InvalidInputError, "batch_size"),
+        (dict(progress="no"), InvalidInputError, "progress"), (dict(add_generation_prompt=1), InvalidInputError,
+                                                                "add_generation_prompt"),
+        (dict(reduce="median"), InvalidInputError, "reduce='median'"), (dict(which=1.0), SpanError, "which=1.0"),
+        (dict(which=None), SpanError, "which=None"), (dict(layers=["1"]), InvalidInputError, "integers"),
+    ]:
+        with pytest.raises(err, match=match):
+            pa.capture(tiny, convs, **{"progress": False, **kwargs})
+    a = pa.capture(tiny, convs, which=Which.ALL, reduce=Reduce.LAST, layers=[0, 1], progress=False)
+    b = pa.capture(tiny, convs, which="messages", reduce="last", layers=[0, 1], progress=False)
+    assert torch.equal(a.values, b.values) and a.reduction == "last"
+    info = ModelInfo("m", 4, 8)
+    with pytest.raises(InvalidInputError, match="layers\\[0\\]"):
+        pa.Activations(values=torch.zeros(1, 1, 8), layers=(1.5,), items=[{}], model=info)
+    with pytest.raises(InvalidInputError, match="reduction='max'"):
+        pa.Activations(values=torch.zeros(1, 1, 8), layers=(1,), items=[{}], model=info, reduction="max")
+    with pytest.raises(InvalidInputError, match="floating-point tensor"):
+        pa.Activations(values=[[[0.0] * 8]], layers=(1,), items=[{}], model=info)
+    acts = pa.Activations(values=torch.zeros(2, 1, 8), layers=(1,), items=[{}, {}], model=info)
+    with pytest.raises(InvalidInputError, match="layer"):
+        acts.at("1")
+    with pytest.raises(InvalidInputError, match="index"):
+        acts.select([0, 5])
+    acts.values[1, 0, 3] = float("nan")
+    with pytest.raises(InvalidInputError, match="NaN"):
+        acts.save(tmp_path / "nan.safetensors")
+    assert not (tmp_path / "nan.safetensors").exists()

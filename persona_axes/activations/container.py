@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from persona_axes.core import ModelInfo, format_layers
+from persona_axes.core import ModelInfo, Reduce, as_choice, check_finite, check_int, format_layers
 from persona_axes.errors import FileFormatError, InvalidInputError, LayerOutOfRangeError
-from persona_axes.files import json_meta, load_tensors, parse_json_meta, save_tensors
+from persona_axes.files import RESERVED_KEYS, json_meta, load_tensors, parse_json_meta, save_tensors
 
 KIND = "activations"
 
@@ -57,7 +57,20 @@ class Activations:
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
-        self.layers = tuple(int(L) for L in self.layers)
+        if not isinstance(self.values, torch.Tensor) or not self.values.is_floating_point():
+            raise InvalidInputError(f"values must be a floating-point tensor [n_items, n_layers, d], got "
+                                    f"{type(self.values).__name__} {getattr(self.values, 'dtype', '')}")
+        if not isinstance(self.model, ModelInfo):
+            raise InvalidInputError(f"model must be a ModelInfo, got {type(self.model).__name__}")
+        if isinstance(self.layers, (str, bytes)) or not isinstance(self.layers, Iterable):
+            raise InvalidInputError(f"layers must be a sequence of block indices, got {type(self.layers).__name__}")
+        self.layers = tuple(check_int(L, f"layers[{j}]") for j, L in enumerate(self.layers))
+        self.reduction = as_choice(Reduce, self.reduction, "reduction").value
+        if not isinstance(self.items, list):
+            raise InvalidInputError(f"items must be a list of metadata dicts, got {type(self.items).__name__}")
+        if not isinstance(self.extra, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                       for k, v in self.extra.items()):
+            raise InvalidInputError("extra must be a dict of string keys and string values (file metadata)")
         if self.values.ndim != 3:
             raise InvalidInputError(f"values must be [n_items, n_layers, d], got shape {tuple(self.values.shape)}")
         n, nl, d = self.values.shape
@@ -87,6 +100,7 @@ class Activations:
 
     def layer_index(self, layer: int) -> int:
         """Position in ``values`` of model layer ``layer`` (negative counts from the model's last layer)."""
+        layer = check_int(layer, "layer")
         L = layer % self.model.n_layers if -self.model.n_layers <= layer < 0 else layer
         try:
             return self.layers.index(L)
@@ -108,7 +122,9 @@ class Activations:
                 raise InvalidInputError(f"mask must have shape ({len(self)},), got {tuple(which.shape)}")
             idx = which.nonzero().flatten().tolist()
         else:
-            idx = [int(i) for i in which]
+            if isinstance(which, (str, bytes)) or not isinstance(which, Iterable):
+                raise InvalidInputError(f"select takes indices, a boolean mask or a predicate, got {type(which).__name__}")
+            idx = [check_int(i, "index", minimum=-len(self), maximum=len(self) - 1) for i in which]
         return Activations(
             values=self.values[idx],
             layers=self.layers,
@@ -150,6 +166,7 @@ class Activations:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Save to safetensors (atomically) with the model identity, layers, reduction and item metadata."""
+        check_finite(self.values, "the activations' values")
         md = self.model.to_metadata()
         md.update(self.extra)
         md.update(
@@ -162,13 +179,18 @@ class Activations:
         """Load activations saved by :meth:`save`, bit-exactly. With ``model`` (a Backend, LoadedModel or
         ModelInfo), refuse activations made for a model of another shape (:class:`ModelMismatchError`)."""
         tensors, md = load_tensors(path, kind=KIND)
-        info = ModelInfo.from_metadata(md)
+        try:
+            info = ModelInfo.from_metadata(md)
+            check_int(info.n_layers, "num_layers", minimum=1)
+            check_int(info.hidden_size, "hidden_size", minimum=1)
+        except (KeyError, ValueError, TypeError) as e:
+            raise FileFormatError(f"{path}: the model identity in its metadata is missing or invalid ({e}); the file "
+                                  "is corrupt or was edited") from e
         if model is not None:
             info.check_compatible(model_info(model), what=f"the activations in {path}", strict_name=strict_name)
         if "values" not in tensors:
             raise FileFormatError(f"{path}: no 'values' tensor")
-        reserved = {"format", "kind", "format_version", "package_version", "layers", "reduction", "items",
-                    "model", "num_layers", "hidden_size", "layer_site"}
+        reserved = RESERVED_KEYS | set(info.to_metadata()) | {"layers", "reduction", "items"}
         layers, items = parse_json_meta(md, "layers", path), parse_json_meta(md, "items", path)
         if not isinstance(layers, list) or not all(isinstance(L, int) and not isinstance(L, bool) for L in layers):
             raise FileFormatError(f"{path}: metadata 'layers' must be a list of integers, got {md['layers'][:80]!r}")
