@@ -147,3 +147,33 @@ def test_load_model_installs_a_template_and_its_stop_tokens(tiny_checkpoint):
     eot = loaded.tokenizer.convert_tokens_to_ids("<end_of_turn>")
     assert eot in loaded.model.generation_config.eos_token_id
     assert loaded.tokenizer.eos_token_id in loaded.model.generation_config.eos_token_id
+
+
+@pytest.mark.slow
+def test_gemma3_generation_stops_at_end_of_turn(gemma3):
+    """The stop-token rule on the real model: Gemma's own generation_config lists only <eos> (1); the loader adds the
+    template's <end_of_turn> (106), and the one generation path stops there. The LM head is steered by a hook to emit
+    one word, then <end_of_turn>, then the word again forever: generation must end after the 2nd token (2 head calls),
+    not run on to max_new_tokens."""
+    from persona_axes.steering.generation import SamplingConfig, generate_replies
+
+    tok = gemma3.tokenizer
+    word = tok.convert_tokens_to_ids("Hello")
+    eot = tok.convert_tokens_to_ids("<end_of_turn>")
+    assert eot == 106 and 106 in gemma3.model.generation_config.eos_token_id
+    calls = []
+
+    def force(module, args, out):
+        calls.append(1)
+        logits = torch.full_like(out, -1e4)
+        logits[..., word if len(calls) != 2 else eot] = 1e4
+        return logits
+
+    h = gemma3.model.lm_head.register_forward_hook(force)
+    try:
+        replies = generate_replies(gemma3, [[{"role": "user", "content": "Say hello."}]],
+                                   SamplingConfig(max_new_tokens=12))
+    finally:
+        h.remove()
+    assert replies == ["Hello"]
+    assert len(calls) == 2, f"generation ran on past <end_of_turn>: {len(calls)} LM-head calls"
