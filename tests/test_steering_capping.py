@@ -306,3 +306,11 @@ def test_from_official_release_layout(tmp_path):
         ours = h.double() + (tau - h.double() @ u).clamp(min=0)[:, None] * u
         assert float((ours - official).abs().max()) < 1e-4
         assert bool(((h.double() @ v) > caps[L]).any())  # the cap acts on some rows
+
+
+def test_save_and_load_refuse_a_path_that_is_not_one(tiny):
+    cfg = CapConfig(**_good(tiny))
+    with pytest.raises(InvalidInputError, match="path must be a file path"):
+        cfg.save(42)
+    with pytest.raises(InvalidInputError, match="path must be a file path"):
+        CapConfig.load(None)

@@ -387,3 +387,17 @@ def test_steer_on_gemma3_equals_an_independent_hook_and_tracks_positions(gemma3)
         for offset, edited in steps:
             pos = torch.arange(offset, offset + edited.shape[1]).expand_as(edited).to(edited.device)
             assert torch.equal(edited, pos < P if positions == "prompt" else pos >= P - 1), (positions, offset)
+
+
+def test_public_helpers_refuse_bad_arguments(tiny):
+    from persona_axes.steering.interventions import cache_length, layer_vectors
+
+    info = pa.make_backend(tiny).info
+    with pytest.raises(InvalidInputError, match="info must be a ModelInfo"):
+        layer_vectors(sh.vec(), "tiny-llama", [1], "vector")
+    with pytest.raises(InvalidInputError, match="layer indices must be integers"):
+        layer_vectors(sh.vec(), info, [1.5], "vector")
+    assert sorted(layer_vectors(sh.vec(), info, [-1, 1], "vector")) == [1, 3]
+    with pytest.raises(InvalidInputError, match="cache_length takes"):
+        cache_length([], {})
+    assert cache_length((), {"cache_position": torch.tensor([7, 8])}) == 7 and cache_length((), {}) == 0

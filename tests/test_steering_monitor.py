@@ -139,3 +139,20 @@ def test_live_monitor_refuses_bad_arguments(tiny, change, needle):
     with pytest.raises(InvalidInputError, match="assistant must be a string"):
         mon.add_turn("hi", None)
     assert mon.messages == [] and mon.records == []
+
+
+def test_report_and_transcript_paths_refuse_bad_arguments(tmp_path):
+    from persona_axes.steering.monitor import DriftReport
+
+    with pytest.raises(InvalidInputError, match="path must be a file path"):
+        load_transcript(3)
+    with pytest.raises(InvalidInputError, match="records must be a list of TurnProjection"):
+        DriftReport(records=[{"turn": 0}], layer=1, threshold=None, direction="below")
+    with pytest.raises(InvalidInputError, match="layer must be an integer"):
+        DriftReport(records=[], layer="1", threshold=None, direction="below")
+    with pytest.raises(InvalidInputError, match="threshold must be a number"):
+        DriftReport(records=[], layer=1, threshold=float("nan"), direction="below")
+    with pytest.raises(InvalidInputError, match="direction must be 'below' or 'above'"):
+        DriftReport(records=[], layer=1, threshold=None, direction="down")
+    with pytest.raises(InvalidInputError, match="title must be a string"):
+        DriftReport(records=[], layer=1, threshold=0.0, direction="below").figure(title=5)

@@ -47,6 +47,11 @@ def check_percentile(value: Any, arg: str = "percentile") -> float:
     return p
 
 
+def _check_path(path: Any) -> None:
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidInputError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
+
+
 @dataclass
 class CapConfig:
     """A calibrated activation cap: a unit axis and a threshold per capped layer.
@@ -123,6 +128,7 @@ class CapConfig:
 
     def save(self, path: str | os.PathLike) -> Any:
         """Write the config to a safetensors file (atomically, with the file checksum); returns the path."""
+        _check_path(path)
         self.validate()
         layers = self.layers
         md = self.model.to_metadata()
@@ -149,6 +155,7 @@ class CapConfig:
     def load(cls, path: str | os.PathLike, *, model: Any = None) -> CapConfig:
         """Read a config saved by :meth:`save`; any invalid field in the file is a :class:`FileFormatError` naming
         it. With ``model``, also check that the config was made for it."""
+        _check_path(path)
         tensors, md = load_tensors(path, kind="capping")
         try:
             info = ModelInfo.from_metadata(md)

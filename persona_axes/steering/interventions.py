@@ -49,7 +49,7 @@ import torch
 from transformers.cache_utils import Cache
 
 from persona_axes.activations.readers.base import Backend, as_backend
-from persona_axes.core import ModelInfo, Positions, Unit, as_choice, check_int, unit
+from persona_axes.core import ModelInfo, Positions, Unit, as_choice, check_int, normalize_layers, unit
 from persona_axes.errors import InvalidInputError, ModelMismatchError
 from persona_axes.model.layers import block_output, replace_block_output
 from persona_axes.vectors.units import reference_norms, unit_scales
@@ -61,6 +61,9 @@ def layer_vectors(vector: Any, info: ModelInfo, layers: Sequence[int], what: str
     """``{layer: [d] float32 on CPU}`` from a PersonaVector, a ``[d]`` tensor (the same row at every layer) or a
     ``[n_layers, d]`` tensor, checked against the model ``info`` (hidden size, layer count, a PersonaVector's model)
     and for finite values. ``what`` names the argument in error messages."""
+    if not isinstance(info, ModelInfo):
+        raise InvalidInputError(f"info must be a ModelInfo, got {type(info).__name__}")
+    layers = normalize_layers(layers, info.n_layers)
     vec_info = getattr(vector, "model", None)
     if isinstance(vec_info, ModelInfo):
         vec_info.check_compatible(info, what=f"the {what} {getattr(vector, 'name', '')!r}".replace(" ''", ""))
@@ -107,6 +110,8 @@ def cache_length(args: tuple, kwargs: Mapping[str, Any]) -> int:
     Otherwise there is no past: the forward is a fresh prompt. Position ids are not used: with left padding they
     count real tokens only, so they are not offsets into the padded sequence.
     """
+    if not isinstance(args, tuple) or not isinstance(kwargs, Mapping):
+        raise InvalidInputError("cache_length takes a forward call's (args tuple, kwargs mapping)")
     for value in (*kwargs.values(), *args):
         if isinstance(value, Cache):
             return int(value.get_seq_length())

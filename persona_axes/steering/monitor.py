@@ -58,6 +58,14 @@ class DriftReport:
     direction: str
     axis_name: str = "axis"
 
+    def __post_init__(self):
+        if not isinstance(self.records, list) or not all(isinstance(r, TurnProjection) for r in self.records):
+            raise InvalidInputError("records must be a list of TurnProjection")
+        self.layer = check_int(self.layer, "layer", minimum=0)
+        self.threshold = _Smoother(self.threshold, self.direction, None, 0.0).threshold  # the same checks
+        if not isinstance(self.axis_name, str):
+            raise InvalidInputError(f"axis_name must be a string, got {type(self.axis_name).__name__}")
+
     def assistant(self) -> list[TurnProjection]:
         return [r for r in self.records if r.role == "assistant"]
 
@@ -78,6 +86,8 @@ class DriftReport:
 
     def figure(self, title: str | None = None):
         """A plotly figure: projection per turn, assistant and user, with the threshold line and alerts marked."""
+        if title is not None and not isinstance(title, str):
+            raise InvalidInputError(f"title must be a string (or None), got {type(title).__name__}")
         import plotly.graph_objects as go
 
         fig = go.Figure()
@@ -105,6 +115,8 @@ class DriftReport:
 
 def load_transcript(path: str | os.PathLike) -> list[dict[str, str]]:
     """Messages from a JSON file (a list of messages, or ``{"messages": [...]}``) or JSONL (one message a line)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidInputError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise FileFormatError(f"{path}: no such transcript file")
@@ -245,7 +257,7 @@ class LiveMonitor:
         self.messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
         self.records: list[TurnProjection] = []
         self._smoother = _Smoother(threshold, direction, ema, dead_band)
-        self.threshold, self.direction = threshold, direction
+        self.threshold, self.direction = self._smoother.threshold, direction
 
     def say(self, text: str) -> TurnProjection:
         """Add a user message, generate the reply (under the cap, if any), and project both new turns."""
