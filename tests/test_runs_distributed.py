@@ -145,3 +145,20 @@ def test_torchrun_two_ranks_bit_identical_to_one_process_and_a_killed_rank_resum
     assert (out / "rollouts.jsonl").read_bytes() == rollouts_before  # the rerun regenerated and rewrote nothing
     assert {r.id: r.response for r in sharded} == {r.id: r.response for r in one}
     assert (out / "rollouts.rank1-of-2.jsonl").exists() and (out / "acts.rank1-of-2.safetensors").exists()
+
+
+def test_command_line_extract_in_one_process(tiny_checkpoint, tmp_path, capsys):
+    from persona_axes.model.load import load_model
+    from persona_axes.runs.distributed import main
+
+    model = load_model(tiny_checkpoint)
+    reqs = [RolloutRequest("default", "default", 0, f"q{q}", 0, "", f"Question {q}: " + "why? " * q) for q in range(3)]
+    run_rollouts(model, reqs, tmp_path / "r.jsonl", SamplingConfig(max_new_tokens=3), progress=False)
+    assert main(["extract", "--model", str(tiny_checkpoint), "--store", str(tmp_path / "r.jsonl"), "--out",
+                 str(tmp_path / "a.safetensors"), "--layers", "1,3", "--chunk-size", "2", "--batch-size", "2"]) == 0
+    assert "3 items x 2 layers from 1 rank(s)" in capsys.readouterr().out
+    acts = Activations.load(tmp_path / "a.safetensors")
+    recs = RolloutStore(tmp_path / "r.jsonl").records()
+    ref = extract(model, [r.messages() for r in recs], tmp_path / "ref.safetensors", layers=[1, 3], chunk_size=2,
+                  batch_size=2, metadata=[r.item_metadata() for r in recs], progress=False).activations
+    assert torch.equal(acts.values, ref.values) and acts.items == ref.items
