@@ -64,9 +64,9 @@ OUT.mkdir(parents=True, exist_ok=True)
 
 
 def show(fig, name: str):
-    """Save `fig` as OUT/<name>.html and return it, so that it is displayed as the cell's result."""
-    plots.save_figure(fig, OUT / f"{{name}}.html")
-    return fig
+    """Save `fig` as OUT/<name>.html (plotly.js written once beside the pages) and display it: interactive in
+    Jupyter, with a caption (and a PNG where kaleido can draw one) that a static render of the notebook shows."""
+    return plots.show(fig, OUT / f"{{name}}.html", plotlyjs="directory")
 
 
 print("repository:", ROOT)
@@ -463,8 +463,29 @@ print({p.name: f"{p.stat().st_size / 1024:.0f} KiB" for p in sorted(EXPORT.iterd
 '''),
     md("""
 With llama.cpp, the first file steers the GGUF model the same way `Steer(..., coef=1.0)` does at every layer it
-holds; `--control-vector-scaled FILE 0.5` halves it and `--control-vector-layer-range 17 23` restricts the layers.
+holds; `--control-vector-scaled FILE:0.5` halves it (llama.cpp takes the scale after a colon) and
+`--control-vector-layer-range 17 23` restricts the layers.
+
+To hand llama.cpp exactly what a steer does, bake the steer's layers, unit and coefficient into the file:
+`unit="rel"` with a `reference` makes `direction.L = coef x mean residual norm[L] / |axis[L]| x axis[L]`, the
+amount `Steer(loaded, axis, layers, coef, unit="rel", reference=...)` adds, so that a plain
+`llama-cli --control-vector FILE` reproduces it (on the CLI: `persona-axes export --layers 20 --coef-unit rel
+--coef -0.3 ...`).
 """),
+    code('''
+from persona_axes.export import read_gguf_directions
+
+reference = pa.capture(loaded, [[{"role": "user", "content": "Tell me about yourself."}]], layers=[LAYER],
+                       which="user", reduce="all", progress=False)
+baked = export.export_gguf_control_vector(axis, EXPORT / "steer_rel.gguf", layers=[LAYER], unit="rel", scale=-0.3,
+                                         reference=reference)
+rows = read_gguf_directions(baked)
+mean_norm = reference.at(LAYER).norm(dim=-1).mean()
+want = -0.3 * mean_norm * axis.vector[LAYER] / axis.vector[LAYER].norm()
+assert list(rows) == [LAYER] and torch.allclose(torch.from_numpy(rows[LAYER]), want, rtol=1e-4, atol=1e-4)
+print(f"layer {LAYER} only; |direction| = {torch.from_numpy(rows[LAYER]).norm():.2f} = 0.3 x mean residual norm "
+      f"{mean_norm:.2f}")
+'''),
     code('''
 print(f"notebook ran in {time.time() - T0:.0f}s")
 '''),
@@ -550,7 +571,8 @@ assert uncapped.alerts, "expected the role-play to push the projection under the
 turns[["role", "turn", "projection", "smoothed", "alert", "text"]].round(2)
 '''),
     code('''
-show(uncapped.figure("Uncapped conversation: projection onto the Assistant Axis"), "drift_uncapped")
+show(plots.drift_curves({"uncapped": uncapped}, title="Uncapped conversation: projection onto the Assistant Axis"),
+     "drift_uncapped")
 '''),
     md("""
 ## The cap

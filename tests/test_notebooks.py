@@ -83,3 +83,16 @@ def test_notebook_runs(name, kernel_env, tmp_path):
     print(f"{name}: {time.time() - t0:.0f}s")
     figures = sorted(p.name for p in out.glob("*.html"))
     assert figures, f"{name} wrote no figures to {out}"
+    # plotly.js once beside the pages, not 4.8 MB inside each
+    assert (out / "plotly.min.js").is_file() and all((out / f).stat().st_size < 1_000_000 for f in figures)
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    # no "IProgress not found" warning from a progress bar (tqdm.auto without ipywidgets)
+    streams = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "IProgress" not in streams, streams[:2000]
+    # every figure still shows in a static render: a caption outside any script (and a PNG where kaleido can draw)
+    shown = [o for o in outputs if o.output_type in ("execute_result", "display_data")
+             and "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert len(shown) == len(figures), (len(shown), figures)
+    for o in shown:
+        caption = o["data"]["text/html"].split("<div", 1)[0]
+        assert "Figure: <b>" in caption and "<script" not in caption
