@@ -62,6 +62,8 @@ def test_plan_llama_70b_needs_three_gpus_per_replica():
         plan_job(_cfg("llama-3.3-70b"), gpus=2, generate_tps=1.0, capture_tps=1.0, prompt_tokens=1.0)
     assert plan_job(_cfg("llama-3.3-70b"), gpus=8, gpu_memory_gib=141, generate_tps=1.0, capture_tps=1.0,
                     prompt_tokens=1.0).gpus_per_replica == 2
+    vllm = plan_job(_cfg("llama-3.3-70b"), gpus=8, engine="vllm", generate_tps=1.0, capture_tps=1.0, prompt_tokens=1.0)
+    assert (vllm.gpus_per_replica, vllm.replicas) == (4, 2)  # tensor parallel over a power of two GPUs
 
 
 def test_calibration_is_scaled_by_parameters_and_given_figures_win():

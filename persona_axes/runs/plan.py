@@ -13,7 +13,8 @@ and gives a :class:`JobPlan`:
   parameter count (decode and forward cost grow about linearly with parameters: a rough guide, said so in the
   output);
 * the layout: GPUs one replica needs (weights in the config's dtype plus 25% for the KV cache and activations,
-  over ``gpu_memory_gib``), and the replicas ``gpus`` allow; the estimated wall time is rollouts + capture, each
+  over ``gpu_memory_gib``; rounded up to a power of two for vLLM's tensor parallelism), and the replicas ``gpus``
+  allow; the estimated wall time is rollouts + capture, each
   tokens / (throughput x replicas).
 """
 
@@ -325,6 +326,8 @@ def plan_job(config: str | os.PathLike | Mapping[str, Any], *, gpus: int = 1, en
     size = job_size(cfg.get("preset", "quick"), shape, prompt_tokens=prompt_tokens, **size_overrides)
     weights_gib = shape.n_params * DTYPE_BYTES[cfg.get("dtype")] / 2**30
     per_replica = max(1, math.ceil(weights_gib * (1 + HEADROOM) / gpu_memory_gib))
+    if engine == "vllm":  # tensor parallelism splits attention heads: a power of two GPUs per replica
+        per_replica = 2 ** math.ceil(math.log2(per_replica))
     if per_replica > gpus:
         raise InvalidInputError(f"{cfg['name']}: one replica needs {per_replica} GPUs of {gpu_memory_gib:g} GiB "
                                 f"({weights_gib:.0f} GiB of weights), more than the {gpus} given")
