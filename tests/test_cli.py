@@ -325,3 +325,22 @@ def test_device_and_device_map_together_are_refused(capsys, tmp_path):
     rc, _, err = run(capsys, "steer", "--vector", VEC / "assistant_axis.safetensors", "--layers", "20", "--coef",
                      "1", "--prompt", "hi", "--device", "cpu", "--device-map", "auto")
     assert_one_line_error(rc, err, "--device", "--device-map")
+
+
+def test_choices_come_from_the_enums_and_presets():
+    """No hand-copied lists: --coef-unit, --positions and --kind offer exactly core's enum values, and --preset's
+    help names every preset (it named 'quick or paper' and missed 'smoke')."""
+    from persona_axes.core import Positions, RolloutKind, Unit
+    from persona_axes.runs.requests import PRESETS
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+
+    def action(cmd, flag):
+        return next(a for a in sub[cmd]._actions if flag in a.option_strings)
+
+    assert tuple(action("steer", "--coef-unit").choices) == Unit.values()
+    assert tuple(action("steer", "--positions").choices) == Positions.values()
+    assert tuple(action("cap", "--positions").choices) == Positions.values()
+    assert tuple(action("extract", "--kind").choices) == RolloutKind.values()
+    for cmd in ("demo", "pipeline", "rollouts"):
+        assert all(name in action(cmd, "--preset").help for name in PRESETS), cmd

@@ -173,6 +173,9 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         except EOFError:
             print()
             return 0
+        except KeyboardInterrupt:  # like Python's own prompt: Ctrl-C clears the line, Ctrl-D or /quit leaves
+            print("\n(Ctrl-D or /quit to leave)")
+            continue
         line = line.strip()
         if not line:
             continue
@@ -186,6 +189,9 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             answer, rec = session.reply(line)
         except PersonaAxesError as e:  # a bad command or file: say so and keep the conversation
             print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+            continue
+        except KeyboardInterrupt:  # a reply taking too long: drop this turn, keep the conversation
+            print("\n(interrupted: that turn was not recorded)")
             continue
         print(f"assistant> {answer}")
         print(session.describe(rec), flush=True)

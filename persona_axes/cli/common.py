@@ -30,7 +30,7 @@ __all__ = [
     "LAYER_HELP", "LAYER_SPEC_FORMS", "SIGNED_VALUE_FLAGS", "add_command", "add_model_args", "conversation",
     "file_kind", "fix_signed_values", "format_layers", "load_model_from_args", "model_options", "norm_summary",
     "one_line", "parse_coefs", "parse_layer_spec", "preflight", "read_header", "read_vector", "require_file",
-    "shipped_file",
+    "preset_help", "shipped_file",
 ]
 
 
@@ -71,6 +71,14 @@ def shipped_file(name: str) -> str:
     from persona_axes.core import shipped_vectors_dir
 
     return str(shipped_vectors_dir() / name)
+
+
+def preset_help(default: str = "quick") -> str:
+    """The rollout presets' names, from the presets themselves (``--preset`` help)."""
+    from persona_axes.runs.requests import PRESETS
+
+    return "rollout preset: " + ", ".join(f"{n}{' (default)' if n == default else ''}" for n in PRESETS) + \
+        " (see persona_axes.runs.requests.PRESETS)"
 
 
 def one_line(e: BaseException | str) -> str:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from persona_axes.cli.common import add_model_args, model_options
+from persona_axes.cli.common import add_model_args, model_options, preset_help
 from persona_axes.viz.figures import PLOTLYJS_MODES
 
 DEMO_QUESTION = "Tell me about yourself in two sentences."
@@ -86,7 +86,7 @@ def register(sub: Any) -> None:
         epilog="example: persona-axes demo --out runs/demo   (or --preset smoke for a one-minute try)",
     )
     add_model_args(demo)
-    demo.add_argument("--preset", default="quick", help="rollout preset: quick (default), smoke or paper")
+    demo.add_argument("--preset", default="quick", help=preset_help())
     demo.add_argument("--judge", default="embedding", help="embedding | none | http://host:port/v1@model")
     demo.add_argument("--out", default="runs/demo", help="output folder; re-running resumes (default runs/demo)")
     demo.add_argument("--layer", type=int, default=None, help="layer the report centres on (default: the sweep's)")
@@ -106,7 +106,7 @@ def register(sub: Any) -> None:
         epilog="example: persona-axes pipeline --preset quick --out runs/smollm2-quick",
     )
     add_model_args(pipe)
-    pipe.add_argument("--preset", default="quick", help="rollout preset: quick (CPU) or paper (GPU scale)")
+    pipe.add_argument("--preset", default="quick", help=preset_help())
     pipe.add_argument("--judge", default="embedding", help="embedding | none | http://host:port/v1@model")
     pipe.add_argument("--out", required=True, help="output folder (resumable)")
     pipe.add_argument("--seed", type=int, default=0)

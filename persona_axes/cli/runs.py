@@ -12,6 +12,7 @@ from typing import Any
 
 from persona_axes.cli.common import (
     LAYER_HELP, add_command, add_model_args, file_kind, format_layers, load_model_from_args, parse_layer_spec,
+    preset_help,
 )
 from persona_axes.core import RolloutKind
 from persona_axes.errors import InvalidInputError
@@ -163,7 +164,7 @@ def register(sub: Any) -> None:
         "example:\n  persona-axes rollouts --preset quick --out runs/quick --kinds role,default",
         _cmd_rollouts)
     add_model_args(rol)
-    rol.add_argument("--preset", default="quick", help="quick (CPU) or paper (GPU scale)")
+    rol.add_argument("--preset", default="quick", help=preset_help())
     rol.add_argument("--out", required=True, help="output folder (resumable)")
     rol.add_argument("--kinds", default=",".join(RolloutKind.values()),
                      help=f"comma list of {', '.join(RolloutKind.values())}")
