@@ -154,8 +154,12 @@ class ChatSession:
         line += f"; cap {'on' if self.cap_on else 'off'}, steer {'off' if self.steer_coef is None else f'{self.steer_coef:+g}'}"
         if rec.alert:
             side = "below" if self.direction == "below" else "above"
-            line += f"\n!! drift warning: the reply is {side} the threshold on {self.axis.name!r}" + \
-                ("" if self.cap_on or self.cap_config is None else "; /cap on clamps it")
+            line += f"\n!! drift warning: the reply is {side} the threshold on {self.axis.name!r}"
+            if self.cap_on:
+                line += (" (as the model re-reads the text without the cap; while generating, the cap held the "
+                         "capped layers at their threshold)")
+            elif self.cap_config is not None:
+                line += "; /cap on clamps the next replies"
         return line
 
 
