@@ -35,7 +35,7 @@ import torch
 import persona_axes as pa
 from persona_axes.errors import InvalidInputError, PersonaAxesError
 from persona_axes.files import atomic_write
-from persona_axes.runs.stages import PipelineConfig, run_pipeline
+from persona_axes.runs.stages import PIPELINE_STAGES, PipelineConfig, calibrate_run_cap, open_run, run_stages
 from persona_axes.viz.report import html_table, steering_sweep, text_summary, write_report
 
 # Role-play pressure for the capping check: each asks the model to leave its assistant persona.
@@ -136,18 +136,18 @@ def _capping_html(check: dict[str, Any], cap) -> str:
 def run(cfg: ExperimentConfig, out: Path, *, progress: bool = True) -> dict[str, Any]:
     t0 = time.time()
     loaded = pa.load_model(cfg.model, dtype=cfg.dtype, device_map=cfg.device_map)
-    res = run_pipeline(loaded, out, PipelineConfig(preset=cfg.preset, judge=cfg.judge,
-                                                   capture_batch_size=cfg.capture_batch_size), progress=progress)
+    config = PipelineConfig(preset=cfg.preset, judge=cfg.judge, capture_batch_size=cfg.capture_batch_size)
+    state = run_stages(open_run(loaded, out, config), PIPELINE_STAGES, progress=progress)  # the pipeline's stages
+    res = state.result()
     n_layers = loaded.layers.n_layers
-    layer = res.summary["best_layer"] if cfg.target_layer is None else cfg.target_layer
+    layer = res.summary.best_layer if cfg.target_layer is None else cfg.target_layer
     if not 0 <= layer < n_layers:
         raise InvalidInputError(f"target_layer {layer} is out of range for {loaded.name} ({n_layers} layers: 0..{n_layers - 1})")
-    default_acts = pa.Activations.load(out / "activations" / "default.safetensors", model=loaded)
-    if cfg.cap_layers is None:
+    default_acts = res.activations["default"]
+    if cfg.cap_layers is None:  # the capping stage's cap, as written (thresholds stored as float32)
         cap = pa.CapConfig.load(out / "vectors" / "capping.safetensors", model=loaded)
-    else:
-        cap = pa.calibrate_cap(res.axis, default_acts, cfg.cap_layers, percentile=cfg.cap_percentile,
-                               reference_name=f"{len(default_acts)} default-assistant replies ({cfg.preset} preset)")
+    else:  # the capping stage's calibration over the config's band
+        cap = calibrate_run_cap(state, cfg.cap_layers, cfg.cap_percentile)
         cap.save(out / "vectors" / f"capping_{cfg.name}.safetensors")
     steering = steering_sweep(loaded, res.axis, layer, cfg.steer_coefs, question=SWEEP_QUESTION,
                               reference=default_acts, max_new_tokens=cfg.reply_tokens)
@@ -157,8 +157,8 @@ def run(cfg: ExperimentConfig, out: Path, *, progress: bool = True) -> dict[str,
                           title=f"Assistant Axis reproduction: {cfg.name}",
                           sections=[("Activation capping under role-play pressure", _capping_html(check, cap))])
     result = {"config": asdict(cfg), "target_layer": layer, "summary_file": str(out / "summary.json"),
-              "pc1_cosine_at_target": res.summary["pc1_cosine_by_layer"][layer],
-              "pc1_explained_variance_at_target": res.summary["pc1_explained_variance_by_layer"][layer],
+              "pc1_cosine_at_target": res.summary.pc1_cosine_by_layer[layer],
+              "pc1_explained_variance_at_target": res.summary.pc1_explained_variance_by_layer[layer],
               "cap_layers": cap.layers, "cap_thresholds": {str(k): v for k, v in cap.thresholds.items()},
               "steering": [asdict(s) for s in steering], "capping_check": check,
               "seconds": time.time() - t0}

@@ -97,3 +97,25 @@ def test_presets():
     assert len(smoke) == 7 * 3 + 3 * 3 + 2 * 2 * 2
 
 
+
+
+def test_limit_is_per_kind():
+    """``--kinds role,default --limit 6`` gives 6 role AND 6 default requests (it gave 6 role and no default ones)."""
+    reqs = R.get_preset("smoke").build_requests(include=["role", "default"])
+    got = R.limit_per_kind(reqs, 6)
+    assert [r.kind for r in got].count("role") == 6 and [r.kind for r in got].count("default") == 6
+    assert got == [r for r in reqs if r in got]  # the first six of each, in the original order
+    assert [r for r in got if r.kind == "role"] == [r for r in reqs if r.kind == "role"][:6]
+    assert R.limit_per_kind(reqs, None) == reqs and R.limit_per_kind(reqs, 10**6) == reqs
+    for bad in (0, -1, 2.0, "6", True):
+        with pytest.raises(InvalidInputError, match="limit"):
+            R.limit_per_kind(reqs, bad)
+
+
+def test_include_takes_kind_enums_or_strings():
+    from persona_axes.core import RolloutKind
+
+    smoke = R.get_preset("smoke")
+    assert smoke.build_requests(include=[RolloutKind.DEFAULT]) == smoke.build_requests(include=["default"])
+    with pytest.raises(InvalidInputError, match="include='persona' is not one of role, default, trait"):
+        smoke.build_requests(include=["persona"])
