@@ -11,12 +11,13 @@ import warnings
 from collections.abc import Sequence
 
 from persona_axes.cli import chat, demo, export, info, interventions, monitor, plan, runs, verify
+from persona_axes.cli import eval as eval_command
 from persona_axes.cli.common import fix_signed_values, one_line
 from persona_axes.core import __version__
 from persona_axes.errors import PersonaAxesError
 
 #: The command groups, in the order ``--help`` lists them; each module exposes ``register(subparsers)``.
-COMMANDS = [demo, info, interventions, chat, monitor, export, runs, plan, verify]
+COMMANDS = [demo, info, interventions, chat, monitor, export, runs, plan, verify, eval_command]
 
 
 def build_parser() -> argparse.ArgumentParser:
