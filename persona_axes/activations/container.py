@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from persona_axes.core import ModelInfo, Reduce, as_choice, check_finite, check_int, format_layers
+from persona_axes.core import ModelInfo, Reduce, as_choice, check_finite, check_int, format_layers, normalize_layers
 from persona_axes.errors import FileFormatError, InvalidInputError, LayerOutOfRangeError
 from persona_axes.files import RESERVED_KEYS, json_meta, load_tensors, parse_json_meta, save_tensors
 
@@ -100,8 +100,7 @@ class Activations:
 
     def layer_index(self, layer: int) -> int:
         """Position in ``values`` of model layer ``layer`` (negative counts from the model's last layer)."""
-        layer = check_int(layer, "layer")
-        L = layer % self.model.n_layers if -self.model.n_layers <= layer < 0 else layer
+        L = normalize_layers(check_int(layer, "layer"), self.model.n_layers)[0]
         try:
             return self.layers.index(L)
         except ValueError:
