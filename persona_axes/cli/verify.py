@@ -31,7 +31,7 @@ def _loaders() -> dict[str, Callable[[Path], Any]]:
 def check_path(path: Path, *, restamp: bool = False) -> tuple[str, str]:
     """``(status, detail)`` for one file: status ``ok``, ``legacy``, ``restamped``, ``unchecked`` (a format
     without a checksum of ours) or ``FAILED``. Never raises for a damaged file."""
-    from persona_axes import files
+    from persona_axes.files import LegacyFileWarning, check_file, read_safetensors_metadata, restamp
     from persona_axes.errors import FileFormatError, PersonaAxesError
     from persona_axes.export import guess_format, import_vector
 
@@ -42,16 +42,16 @@ def check_path(path: Path, *, restamp: bool = False) -> tuple[str, str]:
             return _check_store(path, restamp)
         fmt = guess_format(path)
         if fmt == "safetensors":
-            kind = files.read_safetensors_metadata(path).get("kind", "?")
+            kind = read_safetensors_metadata(path).get("kind", "?")
             loader = _loaders().get(kind)
             if loader is None:
                 raise FileFormatError(f"{path}: holds {kind!r}, not a kind persona_axes reads")
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", files.LegacyFileWarning)
+                warnings.simplefilter("ignore", LegacyFileWarning)
                 loader(path)
-            result = files.check_file(path)
+            result = check_file(path)
             if result.status == "legacy" and restamp:
-                files.restamp(path, validate=loader)
+                restamp(path, validate=loader)
                 return "restamped", f"{kind}: values checked, re-written with the current checksum"
             if result.status == "legacy":
                 return "legacy", (f"{kind}: written before the checksum over metadata; re-stamp it with "
@@ -62,7 +62,7 @@ def check_path(path: Path, *, restamp: bool = False) -> tuple[str, str]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             import_vector(path, fmt)
-        if any(issubclass(w.category, files.LegacyFileWarning) for w in caught):
+        if any(issubclass(w.category, LegacyFileWarning) for w in caught):
             return "legacy", f"{fmt}: exported before the checksum over metadata; export it again"
         if fmt == "numpy":
             return "ok", "numpy: readable, zip CRC-32 of every member matches"
