@@ -107,3 +107,14 @@ def test_gemma3_spans_decode_to_the_message_text(gemma3):
         for m, s in zip(conv, r.spans):
             assert tok.decode(list(r.input_ids[s.start:s.end])) == m["content"].strip(), (m, s)
         assert r.input_ids[r.spans[-1].end] == tok.convert_tokens_to_ids("<end_of_turn>")
+
+
+def test_a_token_straddling_the_content_edge_belongs_to_it_only_if_it_carries_content(chatml_tokenizer):
+    """' Arr' after a template space carries content (it is in the span, see the Mistral family test); a template
+    newline fused with the content's own leading spaces ('\\n ') does not."""
+    conv = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "  Arr  "}]
+    r = render_chat(chatml_tokenizer, conv)
+    s = r.spans[1]
+    inside = chatml_tokenizer.decode(list(r.input_ids[s.start:s.end]))
+    assert inside.strip() == "Arr" and "\n" not in inside
+    assert "assistant\n" in chatml_tokenizer.decode(list(r.input_ids[:s.start]))

@@ -228,10 +228,14 @@ def _locate(template_text: str, n: int, contents: list[str], real_text: str,
 
 
 def _inside(text: str, s: int, e: int, a: int, b: int) -> bool:
-    """Whether token ``[s, e)`` belongs to content ``[a, b)``: it overlaps it, and whatever it covers outside it is
-    whitespace (a SentencePiece or byte-level token such as ``" Arr"`` carries the space the template put before
-    the content, as after Mistral's ``[/INST]``)."""
-    return e > s and e > a and s < b and not text[s:a].strip() and not text[b:e].strip()
+    """Whether token ``[s, e)`` belongs to content ``[a, b)``: it lies inside it, or it straddles its edge carrying
+    content text while whatever it covers outside is whitespace (a SentencePiece or byte-level token such as
+    ``" Arr"`` carries the space the template put before the content, as after Mistral's ``[/INST]``)."""
+    if not (e > s and e > a and s < b):
+        return False
+    if s >= a and e <= b:
+        return True
+    return not text[s:a].strip() and not text[b:e].strip() and bool(text[max(s, a):min(e, b)].strip())
 
 
 def render_chat(
