@@ -31,7 +31,8 @@ def _loaders() -> dict[str, Callable[[Path], Any]]:
 def check_path(path: Path, *, restamp: bool = False) -> tuple[str, str]:
     """``(status, detail)`` for one file: status ``ok``, ``legacy``, ``restamped``, ``unchecked`` (a format
     without a checksum of ours) or ``FAILED``. Never raises for a damaged file."""
-    from persona_axes.files import LegacyFileWarning, check_file, read_safetensors_metadata, restamp
+    from persona_axes.files import LegacyFileWarning, check_file, read_safetensors_metadata
+    from persona_axes.files import restamp as restamp_file
     from persona_axes.errors import FileFormatError, PersonaAxesError
     from persona_axes.export import guess_format, import_vector
 
@@ -51,7 +52,7 @@ def check_path(path: Path, *, restamp: bool = False) -> tuple[str, str]:
                 loader(path)
             result = check_file(path)
             if result.status == "legacy" and restamp:
-                restamp(path, validate=loader)
+                restamp_file(path, validate=loader)
                 return "restamped", f"{kind}: values checked, re-written with the current checksum"
             if result.status == "legacy":
                 return "legacy", (f"{kind}: written before the checksum over metadata; re-stamp it with "
