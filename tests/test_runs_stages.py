@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 import torch
 
 import persona_axes as pa
@@ -44,3 +46,85 @@ def test_pipeline_end_to_end_and_resume(tiny, tmp_path, monkeypatch):
     again = run_pipeline(tiny, tmp_path, cfg, progress=False)
     assert again.summary["rollouts_generated_this_run"] == 0 and calls == []
     assert torch.equal(again.axis.vector, res.axis.vector)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Two processes writing one run folder at once
+# ----------------------------------------------------------------------------------------------------------------
+
+WRITER = """
+import os, sys, time
+sys.path.insert(0, {tests!r})
+from helpers import slow_down, tiny_loaded
+from persona_axes.runs import rollouts as R
+from persona_axes.runs.stages import PipelineConfig, run_pipeline
+from test_runs_stages import TINY
+
+loaded = tiny_loaded()
+slow_down(R, "_generate_batch", 0.3)
+print("ready", flush=True)
+while not os.path.exists({go!r}):  # both processes start the run at the same moment
+    time.sleep(0.002)
+if {mode!r} == "pipeline":
+    run_pipeline(loaded, {out!r}, PipelineConfig(preset=TINY, judge="none", min_role_samples=2, min_trait_samples=2,
+                                                 n_components=3), progress=False)
+else:
+    R.run_rollouts(loaded, TINY.build_requests(), {out!r} + "/rollouts.jsonl", TINY.sampling(), batch_size=4,
+                   progress=False)
+print("finished", flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["pipeline", "rollouts"])
+def test_two_processes_writing_one_run_folder(tmp_path, mode):
+    """Two real processes start writing the same run folder at the same moment: exactly one does the work, the other
+    is refused with a message saying another process is writing it; the store holds every request once, every line
+    checked (nothing lost, nothing interleaved)."""
+    import os
+    import subprocess
+    import sys
+    import warnings
+    from pathlib import Path
+
+    from persona_axes.runs.store import RolloutStore
+
+    tests = Path(__file__).resolve().parent
+    out = tmp_path / "run"
+    script = tmp_path / "writer.py"
+    go = tmp_path / "go"
+    script.write_text(WRITER.format(tests=str(tests), out=str(out), mode=mode, go=str(go)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)]), "OMP_NUM_THREADS": "1"}
+    errs = [open(tmp_path / f"stderr{i}.txt", "wb") for i in range(2)]  # files, so a full pipe never blocks a child
+    procs = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=errs[i], env=env)
+             for i in range(2)]
+    try:
+        for i, p in enumerate(procs):  # wait until both are loaded and waiting, then let them go together
+            line = b""
+            while line.strip() != b"ready":  # (the test tokenizer's training prints blank lines first)
+                line = p.stdout.readline()
+                assert line, (tmp_path / f"stderr{i}.txt").read_text()[-2000:]  # it exited before it was ready
+        go.touch()
+        results = [p.communicate(timeout=600)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for e in errs:
+            e.close()
+    stderr = [(tmp_path / f"stderr{i}.txt").read_text() for i in range(2)]
+    codes = [p.returncode for p in procs]
+    ok = [i for i, c in enumerate(codes) if c == 0]
+    assert len(ok) == 1, [e[-2000:] for e in stderr]
+    refused = stderr[1 - ok[0]]
+    assert "InvalidInputError" in refused and "being written by another" in refused, refused[-2000:]
+    assert b"finished" in results[ok[0]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every line whole and checked: no torn line, no legacy line
+        store = RolloutStore(out / "rollouts.jsonl")
+    want = [r.id for r in TINY.build_requests()]
+    assert sorted(store.completed_ids()) == sorted(want)
+    assert len((out / "rollouts.jsonl").read_bytes().splitlines()) == len(want)  # each once
+    if mode == "pipeline":
+        from persona_axes.runs.summary import RunSummary
+
+        assert RunSummary.load(out / "summary.json").n_rollouts["role"] == 12
