@@ -148,7 +148,8 @@ def _evaluate(hf_model: Any, tokenizer: Any, task: str, task_dir: Path, *, batch
     from lm_eval.tasks import TaskManager
 
     lm = HFLM(pretrained=hf_model, tokenizer=tokenizer, batch_size=batch_size, device=device)
-    tm = TaskManager(include_path=str(task_dir)) if task == LOCAL_TASK else TaskManager()
+    # the local task alone: indexing the thousands of built-in task configs costs more than the task itself
+    tm = TaskManager(include_path=str(task_dir), include_defaults=False) if task == LOCAL_TASK else TaskManager()
     out = simple_evaluate(model=lm, tasks=[task], task_manager=tm, limit=limit, log_samples=True,
                           bootstrap_iters=0, verbosity="ERROR")
     samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
