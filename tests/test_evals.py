@@ -324,3 +324,60 @@ def test_personas_end_to_end_on_the_tiny_model(tiny, tiny_setup):
         assert rec["prompted"]["rate"] == float(len(rec["prompted"]["replies"][0]) % 2 == 0)
     rk = res.ranking("rate")
     assert rk["n"] == 3 and res.figure().data
+
+
+def test_http_user_simulator_against_a_local_endpoint():
+    from persona_axes.evals.simulators import HttpUserSimulator
+
+    server = HTTPServer(("127.0.0.1", 0), _FakeChat)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sim = HttpUserSimulator(f"http://127.0.0.1:{server.server_port}/v1", "fake")
+        turns = sim.next_turns(["meta"], [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure"}]])
+        assert json.loads(turns[0])["score"] == 90  # the fake endpoint saw the assistant's reply as the last message
+        with pytest.raises(InvalidInputError):
+            sim.next_turns(["meta"], [[{"role": "user", "content": "hi"}]])
+    finally:
+        server.shutdown()
+
+
+def test_bad_arguments_are_refused_with_the_argument_named(tiny, tiny_setup):
+    from persona_axes.evals.capability import run_capability
+    from persona_axes.evals.drift import run_drift
+    from persona_axes.evals.jailbreak import run_jailbreak
+    from persona_axes.evals.personas import run_personas
+
+    with pytest.raises(InvalidInputError, match="domain"):
+        run_drift(tiny, tiny_setup, domains=["cooking"])
+    with pytest.raises(InvalidInputError, match="per_domain"):
+        run_drift(tiny, tiny_setup, per_domain=0)
+    with pytest.raises(InvalidInputError, match="framing"):
+        run_jailbreak(tiny, tiny_setup, parse_conditions("baseline"), judge=_ParityJudge(), framings=["pirate"])
+    with pytest.raises(InvalidInputError, match="refusal judge"):
+        run_jailbreak(tiny, tiny_setup, parse_conditions("baseline"), judge=object())
+    with pytest.raises(InvalidInputError, match="tasks"):
+        run_capability(tiny, tiny_setup, parse_conditions("baseline"), tasks="persona_axes_mc")
+    with pytest.raises(InvalidInputError, match="coefs"):
+        run_personas(tiny, tiny_setup, coefs=[8.0, 0.0], judge=_ParityJudge(), scorer=object())
+
+
+def test_personas_resume_from_the_store(tiny, tiny_setup, tmp_path, monkeypatch):
+    from persona_axes.evals import personas as mod
+    from persona_axes.evals.data import Persona
+    from persona_axes.judges.base import TraitScore
+    from persona_axes.steering.generation import SamplingConfig
+
+    class FlatScorer:
+        name = "flat"
+
+        def score_traits(self, items):
+            return [TraitScore(50.0, "") for _ in items]
+
+    kw = dict(personas=[Persona("a", {"kind": 1}, "Be kind.")], questions=["q?"], requests=["r"], coefs=[0.0, 5.0],
+              layer=1, judge=_ParityJudge(), scorer=FlatScorer(), sampling=SamplingConfig(max_new_tokens=3),
+              out=tmp_path / "p.jsonl")
+    first = mod.run_personas(tiny, tiny_setup, **kw)
+    monkeypatch.setattr(mod, "generate_replies", lambda *a, **k: pytest.fail("resumed run generated again"))
+    again = mod.run_personas(tiny, tiny_setup, **kw)
+    assert again.records == first.records and again.baseline == first.baseline
+    assert first.records[0]["matched_coef"] == 0.0  # a flat curve already meets the prompted score at coef 0

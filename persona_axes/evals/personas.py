@@ -43,6 +43,8 @@ from persona_axes.vectors.containers import PersonaVector
 
 __all__ = ["PersonasResult", "run_personas", "persona_direction", "DEFAULT_COEFS"]
 
+#: The store id of the no-persona baseline's danger record.
+BASELINE_ID = "__baseline__"
 #: Steering coefficients tried for matching (raw residual units along the unit persona direction).
 DEFAULT_COEFS = (0.0, 8.0, 16.0, 32.0, 64.0)
 
@@ -174,8 +176,13 @@ def run_personas(model: Any, setup: AxisSetup, *, personas: Sequence[Persona] | 
         return {"rate": _mean([float(s.comply) for s in sc]), "mean_score": _mean([s.score for s in sc]),
                 "replies": list(replies), "comply": [s.comply for s in sc]}
 
-    baseline = danger(gen([[{"role": "user", "content": q}] for q in reqs], row_seeds=seeds))
-    baseline.pop("replies")
+    if store is not None and BASELINE_ID in store:
+        baseline = store.get(BASELINE_ID)["danger"]
+    else:
+        baseline = danger(gen([[{"role": "user", "content": q}] for q in reqs], row_seeds=seeds))
+        if store is not None:
+            with store.writing():
+                store.append([{"id": BASELINE_ID, "danger": baseline}])
     records = []
     for p in personas:
         if store is not None and p.id in store:
