@@ -381,3 +381,11 @@ def test_personas_resume_from_the_store(tiny, tiny_setup, tmp_path, monkeypatch)
     again = mod.run_personas(tiny, tiny_setup, **kw)
     assert again.records == first.records and again.baseline == first.baseline
     assert first.records[0]["matched_coef"] == 0.0  # a flat curve already meets the prompted score at coef 0
+
+
+def test_cli_eval_judges_prints_the_agreement(capsys):
+    from persona_axes.cli.main import main
+
+    assert main(["eval", "judges", "--judge", "lexical-only"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 48 and out["judge"] == "refusal-lexical/v1" and 0 <= out["kappa"] <= 1

@@ -109,3 +109,17 @@ def test_personas_smoke(smollm, setup):
         assert 0.0 <= r["matched_coef"] <= 40.0 and len(r["curve"]) == 2
         assert len(r["prompted"]["replies"]) == 2 and 0 <= r["steered"]["rate"] <= 1
     assert res.ranking()["n"] == 3
+
+
+def test_cli_eval_drift_writes_results_and_resumes(tmp_path, capsys):
+    from persona_axes.cli.main import main
+
+    argv = ["eval", "drift", "--out", str(tmp_path), "--domains", "coding,meta", "--per-domain", "1", "--turns", "2",
+            "--max-new-tokens", "8"]
+    assert main(argv) == 0
+    data = json.loads((tmp_path / "drift.json").read_text())
+    assert {r["domain"] for r in data["table"]} == {"coding", "meta"} and (tmp_path / "drift.html").stat().st_size
+    lines = (tmp_path / "drift.jsonl").read_text().splitlines()
+    assert main(argv) == 0  # the rerun finds both conversations finished and appends nothing
+    assert (tmp_path / "drift.jsonl").read_text().splitlines() == lines
+    assert json.loads((tmp_path / "drift.json").read_text())["records"] == data["records"]
