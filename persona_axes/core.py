@@ -363,16 +363,13 @@ def cosine64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Progress bars
+# Progress bars and the shipped vectors
 # ---------------------------------------------------------------------------------------------------------------
 
 
 def _import_tqdm_auto_quietly() -> None:
-    """Import ``tqdm.auto`` once, with its "IProgress not found" warning silenced, where ipywidgets is missing.
-
-    In a Jupyter kernel without ipywidgets, the first import of ``tqdm.auto`` (ours, or transformers' at its own
-    import) warns and falls back to the plain bar. The fallback is right; the warning is noise in every notebook.
-    Importing it here first, quietly, leaves the module cached for everyone after us."""
+    """Where ipywidgets is missing, import ``tqdm.auto`` once with its "IProgress not found" warning silenced: in a
+    Jupyter kernel its first import (ours or transformers') warns, then falls back to the plain bar, which is right."""
     import importlib.util
     import sys
     import warnings
@@ -388,45 +385,24 @@ _import_tqdm_auto_quietly()
 
 
 def progress_bar(iterable: Iterable | None = None, **kwargs: Any):
-    """A tqdm progress bar: the notebook widget where ``ipywidgets`` is installed, else the plain text bar (which
-    Jupyter shows as text). ``tqdm.auto`` would instead warn "IProgress not found" in every Jupyter cell that runs
-    without ipywidgets. Takes tqdm's arguments (``total``, ``desc``, ``unit``, ``disable`` ...)."""
-    return _tqdm_class()(iterable, **kwargs)
+    """tqdm.auto's bar (the notebook widget with ipywidgets, else the plain bar), never the IProgress warning."""
+    from tqdm.auto import tqdm
 
+    return tqdm(iterable, **kwargs)
 
-def _tqdm_class():
-    import importlib.util
-
-    if importlib.util.find_spec("ipywidgets") is not None:
-        from tqdm.auto import tqdm
-    else:
-        from tqdm.std import tqdm
-    return tqdm
-
-# ---------------------------------------------------------------------------------------------------------------
-# The shipped vectors: package data (persona_axes/data/vectors is a link to the repository's vectors/ folder, the
-# one source of truth; a wheel carries the files themselves), so pip-installed users have them too.
-# ---------------------------------------------------------------------------------------------------------------
 
 DEFAULT_SHIPPED = "smollm2-135m-instruct"
 
 
 def shipped_vectors_dir(model: str = DEFAULT_SHIPPED) -> Path:
-    """The folder of the vectors shipped for ``model`` (``assistant_axis.safetensors``, ``capping.safetensors``,
-    ``roles.safetensors``, ``default.safetensors``, ``traits/``, ``summary.json``), inside the installed package.
-
-    >>> pa.PersonaVector.load(pa.shipped_vectors_dir() / "assistant_axis.safetensors")
-    """
+    """The vectors shipped for ``model`` (assistant_axis, capping, roles, default, traits/, summary.json), inside
+    the installed package (``data/vectors`` links to the repository's ``vectors/``; wheels carry the files)."""
     root = Path(__file__).resolve().parent / "data" / "vectors"
-    if not isinstance(model, str) or not model or "/" in model or "\\" in model or model.startswith("."):
-        raise InvalidInputError(f"model must be the name of a shipped vectors folder, got {model!r}")
-    folder = root / model
-    if not folder.is_dir():
+    if not isinstance(model, str) or not model or "/" in model or "\\" in model or model.startswith(".") \
+            or not (root / model).is_dir():
         known = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        raise InvalidInputError(f"no shipped vectors for {model!r}; shipped: {', '.join(known) or 'none found in '}"
-                                f"{'' if known else str(root)}")
-    return folder
-
+        raise InvalidInputError(f"no shipped vectors for model={model!r}; shipped: {', '.join(known) or 'none'}")
+    return root / model
 
 __all__ = [
     "__version__", "LAYER_SITE", "LAYER_SPEC_FORMS", "Choice", "Positions", "Unit", "Reduce", "Which", "CapKind", "RolloutKind",

@@ -3,13 +3,11 @@ first import in a kernel (ours or transformers'), so core imports it first, quie
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
-import pytest
 
 from persona_axes import core
 
@@ -45,23 +43,10 @@ def test_importing_persona_axes_first_silences_it():
     assert "IProgress" not in p.stderr, p.stderr[-2000:]
 
 
-def test_plain_bar_without_ipywidgets(monkeypatch):
+def test_progress_bar_is_tqdm_and_counts():
     import tqdm.std
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ipywidgets" else real(name, *a))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         bar = core.progress_bar(range(3), disable=True)
-    assert type(bar) is tqdm.std.tqdm
-    assert list(bar) == [0, 1, 2]
-
-
-def test_auto_bar_with_ipywidgets(monkeypatch):
-    import tqdm.auto
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: object() if name == "ipywidgets" else real(name, *a))
-    bar = core.progress_bar(total=2, disable=True)
-    assert isinstance(bar, tqdm.auto.tqdm)
+    assert isinstance(bar, tqdm.std.tqdm) and list(bar) == [0, 1, 2]
