@@ -8,7 +8,6 @@ import sys
 import warnings
 from pathlib import Path
 
-
 from persona_axes import core
 
 ROOT = Path(__file__).resolve().parent.parent
