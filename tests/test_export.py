@@ -270,6 +270,13 @@ def test_edited_metadata_refused(tmp_path, vec):
     fields, tensors, _ = _read(good)
 
     def rewrite(name, **changes):
+        """A copy with ``changes``, re-stamped (so each case meets the cross-check it is about, not the checksum)."""
+        from persona_axes.export.gguf_io import gguf_checksum
+
+        kept = {t: d for t, (_, _, d) in tensors.items() if t not in changes.get("_drop", ())}
+        values = {k: changes.get(k, v) for k, (_, v) in fields.items()}
+        if "persona_axes.checksum" not in changes:
+            changes["persona_axes.checksum"] = gguf_checksum({int(t.split(".")[1]): d for t, d in kept.items()}, values)
         w = gguf.GGUFWriter(tmp_path / name, "controlvector")
         for k, (types, val) in fields.items():
             if k == "general.architecture":
@@ -294,8 +301,10 @@ def test_edited_metadata_refused(tmp_path, vec):
         rewrite("version.gguf", **{"persona_axes.format_version": "99"}),
         rewrite("md.gguf", **{"persona_axes.metadata": "{not json"}),
         rewrite("drop.gguf", _drop=("direction.3",)),
+        rewrite("name.gguf", **{"persona_axes.name": "edited", "persona_axes.checksum": fields[
+            "persona_axes.checksum"][1]}),  # an edited value under the old checksum
     ):
-        with pytest.raises(FileFormatError):
+        with pytest.raises(FileFormatError, match="checksum" if bad.name == "name.gguf" else "^(?!.*checksum)"):
             import_gguf_control_vector(bad)
             pytest.fail(f"{bad.name} was accepted")
 
@@ -514,3 +523,33 @@ def test_read_gguf_directions_keys_by_layer(tmp_path, vec):
     dirs = read_gguf_directions(p)
     assert list(dirs) == [2, 5] and float(np.linalg.norm(dirs[5])) == pytest.approx(3.0 * D ** 0.5)
     assert read_gguf_metadata(p)["controlvector.model_hint"] == "llama"
+
+
+def test_legacy_gguf_export_loads_with_a_warning(tmp_path, vec):
+    """A version-1 export (checksum over the directions only) still imports, with a LegacyFileWarning; its
+    directions are still checked."""
+    from persona_axes.export.gguf_io import legacy_directions_sha256
+    from persona_axes.files import LegacyFileWarning
+
+    good = export_gguf_control_vector(vec, tmp_path / "good.gguf", layers=[1, 2])
+    fields, tensors, _ = _read(good)
+
+    def old_file(name, row_scale=1.0):
+        w = gguf.GGUFWriter(tmp_path / name, "controlvector")
+        for k, (types, val) in fields.items():
+            if k in ("general.architecture", "persona_axes.checksum", "persona_axes.unit", "persona_axes.unit_scales"):
+                continue
+            val = "1" if k == "persona_axes.format_version" else val
+            w.add_key_value(k, val, types[0], sub_type=types[-1] if types[0] == gguf.GGUFValueType.ARRAY else None)
+        dirs = {int(t.split(".")[1]): d for t, (_, _, d) in tensors.items()}
+        w.add_key_value("persona_axes.sha256", legacy_directions_sha256(dirs), gguf.GGUFValueType.STRING)
+        for t, (_, _, d) in tensors.items():
+            w.add_tensor(t, d * np.float32(row_scale))
+        w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+        return tmp_path / name
+
+    with pytest.warns(LegacyFileWarning, match="export it again"):
+        back = import_gguf_control_vector(old_file("v1.gguf"))
+    assert torch.equal(back.vector[[1, 2]], vec.vector[[1, 2]])
+    with pytest.raises(FileFormatError, match="fail their SHA-256 checksum"):
+        import_gguf_control_vector(old_file("v1_edited.gguf", row_scale=2.0))
