@@ -54,8 +54,6 @@ from persona_axes.errors import InvalidInputError, ModelMismatchError
 from persona_axes.model.layers import block_output, replace_block_output
 from persona_axes.vectors.units import reference_norms, unit_scales
 
-POSITIONS = Positions.values()
-
 
 def layer_vectors(vector: Any, info: ModelInfo, layers: Sequence[int], what: str) -> dict[int, torch.Tensor]:
     """``{layer: [d] float32 on CPU}`` from a PersonaVector, a ``[d]`` tensor (the same row at every layer) or a
@@ -335,4 +333,4 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["Intervention", "Steer", "Ablate", "reference_norms", "layer_vectors", "coef_tensor", "cache_length",
-           "name_of", "POSITIONS"]
+           "name_of"]
