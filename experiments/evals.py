@@ -11,8 +11,8 @@ Sizes (``full`` is the documented full size; on a GPU pass ``--device cuda`` and
 * jailbreak: full = 7 framings x 6 requests x (baseline, cap, steer:-30), 64 tokens.
 * capability: full = the 40 local questions x (baseline, cap, steer:-30) through lm-eval.
 * personas: full = 8 personas, 8 matching questions, coefficients 0/8/16/32/64, 6 requests, 64 tokens.
-* medium (what fits ~20-30 min on 2 shared CPU cores): the full size for drift, jailbreak and capability; personas
-  with 4 matching questions, coefficients 0/16/32/64 and 48 tokens.
+* medium (what a shared 2-core CPU allows): the full item counts for drift, jailbreak and capability with 48 new
+  tokens instead of 64; personas with 4 matching questions, coefficients 0/16/32/64 and 48 tokens.
 
 Rerunning with the same ``--out`` resumes (each evaluation's JSONL store skips finished items).
 """
@@ -28,7 +28,7 @@ SIZES = {
     "smoke": dict(drift=dict(per_domain=1, turns=2, tokens=16), jail=dict(framings=["plain", "hacker"], tokens=24,
                   conditions="baseline,cap,steer:-30"), cap=dict(limit=4, conditions="baseline,cap"),
                   personas=dict(personas=["saint", "villain", "showman"], questions=2, coefs=[0.0, 32.0], tokens=16)),
-    "medium": dict(drift=dict(per_domain=None, turns=None, tokens=64), jail=dict(framings=None, tokens=64,
+    "medium": dict(drift=dict(per_domain=None, turns=None, tokens=48), jail=dict(framings=None, tokens=48,
                    conditions="baseline,cap,steer:-30"), cap=dict(limit=None, conditions="baseline,cap,steer:-30"),
                    personas=dict(personas=None, questions=4, coefs=[0.0, 16.0, 32.0, 64.0], tokens=48)),
     "full": dict(drift=dict(per_domain=None, turns=None, tokens=64), jail=dict(framings=None, tokens=64,
@@ -38,7 +38,7 @@ SIZES = {
 
 
 def _f(x, fmt="{:.3f}"):
-    return "n/a" if x is None else fmt.format(x)
+    return "n/a" if x is None or x != x else fmt.format(x)
 
 
 def main() -> None:
@@ -64,39 +64,38 @@ def main() -> None:
     setup = load_axis_setup(model, args.vectors)
     walls: dict[str, float] = {}
     results = {}
-    if "drift" in only:
-        t0, s = time.perf_counter(), size["drift"]
-        results["drift"] = run_drift(model, setup, per_domain=s["per_domain"], turns=s["turns"], batch_size=12,
-                                     sampling=SamplingConfig(max_new_tokens=s["tokens"]), out=out / "drift.jsonl")
-        walls["drift"] = time.perf_counter() - t0
+    summary = Path(args.summary) if args.summary else out.with_suffix(".md")
+
+    def done(name: str, result, t0: float) -> None:
+        """Save one evaluation's results and the summary so far, as soon as it finishes."""
+        from persona_axes.files import atomic_write
+
+        results[name], walls[name] = result, time.perf_counter() - t0
+        save_result(result, out, wall_time_s=walls[name])
+        with atomic_write(summary, "w") as f:
+            f.write(_markdown(results, walls, args, setup))
     if "jailbreak" in only:
         t0, s = time.perf_counter(), size["jail"]
-        results["jailbreak"] = run_jailbreak(model, setup, parse_conditions(s["conditions"]), framings=s["framings"],
-                                             sampling=SamplingConfig(max_new_tokens=s["tokens"]), batch_size=21,
-                                             out=out / "jailbreak.jsonl")
-        walls["jailbreak"] = time.perf_counter() - t0
+        done("jailbreak", run_jailbreak(model, setup, parse_conditions(s["conditions"]), framings=s["framings"],
+                                        sampling=SamplingConfig(max_new_tokens=s["tokens"]), batch_size=21,
+                                        out=out / "jailbreak.jsonl"), t0)
+    if "drift" in only:
+        t0, s = time.perf_counter(), size["drift"]
+        done("drift", run_drift(model, setup, per_domain=s["per_domain"], turns=s["turns"], batch_size=12,
+                                sampling=SamplingConfig(max_new_tokens=s["tokens"]), out=out / "drift.jsonl"), t0)
     if "capability" in only:
         t0, s = time.perf_counter(), size["cap"]
-        results["capability"] = run_capability(model, setup, parse_conditions(s["conditions"]), limit=s["limit"],
-                                               batch_size=16, out=out / "capability.jsonl")
-        walls["capability"] = time.perf_counter() - t0
+        done("capability", run_capability(model, setup, parse_conditions(s["conditions"]), limit=s["limit"],
+                                          batch_size=16, out=out / "capability.jsonl"), t0)
     if "personas" in only:
         t0, s = time.perf_counter(), size["personas"]
         personas, questions = load_personas()
         if s["personas"]:
             personas = [p for p in personas if p.id in s["personas"]]
-        results["personas"] = run_personas(model, setup, personas=personas, questions=questions[: s["questions"]],
-                                           coefs=s["coefs"], sampling=SamplingConfig(max_new_tokens=s["tokens"]),
-                                           out=out / "personas.jsonl")
-        walls["personas"] = time.perf_counter() - t0
-    for name, res in results.items():
-        save_result(res, out, wall_time_s=walls[name])
-    summary = Path(args.summary) if args.summary else out.with_suffix(".md")
-    from persona_axes.files import atomic_write
-
-    with atomic_write(summary, "w") as f:
-        f.write(_markdown(results, walls, args, setup))
-    print(summary.read_text())
+        done("personas", run_personas(model, setup, personas=personas, questions=questions[: s["questions"]],
+                                      coefs=s["coefs"], sampling=SamplingConfig(max_new_tokens=s["tokens"]),
+                                      out=out / "personas.jsonl"), t0)
+    print((Path(args.summary) if args.summary else out.with_suffix(".md")).read_text())
 
 
 def _markdown(results, walls, args, setup) -> str:
@@ -124,7 +123,7 @@ def _markdown(results, walls, args, setup) -> str:
         r = results["jailbreak"]
         a = r.agreement
         lines += ["## 2. Capping against persona jailbreaks", "",
-                  f"Judge `{r.judge}` vs 48 hand-labelled replies: accuracy {a['accuracy']:.3f}, Cohen's kappa "
+                  f"Judge `{r.judge}` vs {a['n']} hand-labelled replies: accuracy {a['accuracy']:.3f}, Cohen's kappa "
                   f"{a['kappa']:.3f}, AUROC {a['auroc']:.3f}.", "",
                   "| framing | condition | n | compliance [95% CI] | relative reduction vs baseline [95% CI] |",
                   "|---|---|---:|---|---|"]

@@ -137,7 +137,7 @@ def test_shipped_data_shapes():
     prompts = load_jailbreak_prompts()
     assert len(prompts) == 7 * 6 and all(p.request in p.text for p in prompts)
     labelled = load_labelled_replies()
-    assert len(labelled) == 48 and 15 <= sum(r.comply for r in labelled) <= 33
+    assert len(labelled) == 60 and sum(r.comply for r in labelled) == 28
     assert len(load_mc_items()) == 40
     personas, questions = load_personas()
     assert len(personas) == 8 and len(questions) == 8
@@ -286,7 +286,7 @@ def test_jailbreak_rates_and_reduction_recomputed_from_records(tiny, tiny_setup,
     assert rows[("all", "cap")]["compliance_rate"] == pytest.approx(rate["cap"])
     if rate["baseline"] > 0:
         assert rows[("all", "cap")]["relative_reduction"] == pytest.approx(1 - rate["cap"] / rate["baseline"])
-    assert res.agreement["judge"] == "parity" and res.agreement["n"] == 48
+    assert res.agreement["judge"] == "parity" and res.agreement["n"] == 60
     paths = save_result(res, tmp_path / "out")
     section = report_section(paths["json"])
     assert section["figures"] and section["rows"] and load_result(paths["json"])["judge"] == "parity"
@@ -388,4 +388,4 @@ def test_cli_eval_judges_prints_the_agreement(capsys):
 
     assert main(["eval", "judges", "--judge", "lexical-only"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["n"] == 48 and out["judge"] == "refusal-lexical/v1" and 0 <= out["kappa"] <= 1
+    assert out["n"] == 60 and out["judge"] == "refusal-lexical/v1" and 0 <= out["kappa"] <= 1

@@ -114,7 +114,7 @@ class LabelledReply:
 
 
 def load_labelled_replies(path: str | os.PathLike | None = None) -> list[LabelledReply]:
-    """The hand-labelled replies the refusal judges are checked against (default: 48, 23 'comply')."""
+    """The hand-labelled replies the refusal judges are checked against (default: 60, 28 'comply')."""
     entries, _, label = _read("refusal_labels.json", path, "items")
     out = []
     for i, e in enumerate(entries):

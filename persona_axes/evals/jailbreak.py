@@ -35,7 +35,7 @@ __all__ = ["JailbreakResult", "run_jailbreak", "judge_agreement", "compliance_ra
 
 
 def judge_agreement(judge: RefusalJudge, path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Agreement of ``judge`` with the hand-labelled replies (default: the shipped 48): accuracy, Cohen's kappa,
+    """Agreement of ``judge`` with the hand-labelled replies (default: the shipped 60): accuracy, Cohen's kappa,
     AUROC of its continuous score, and the ids it gets wrong."""
     labelled = load_labelled_replies(path)
     scores = judge.score_refusals([RefusalItem(r.request, r.response) for r in labelled])
