@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 import persona_axes as pa
 from persona_axes.runs import datasets as D
 import persona_axes.export as E
+from persona_axes.export import official as O
 from persona_axes.activations import extraction as X
 from persona_axes.runs import rollouts as R
 from persona_axes.cli.main import main
@@ -421,6 +422,19 @@ API_CASES = [
      InvalidInputError, "layer 0 cannot be exported"),
     ("export/unknown-option", lambda c: E.export_vector(c.vec, c.dir / "s1.gguf", "gguf", bogus=1),
      InvalidInputError, "takes no option(s) ['bogus']"),
+    ("export/steer-unknown-unit", lambda c: E.export_vector(c.vec, c.dir / "s2.gguf", "gguf", unit="percent"),
+     InvalidInputError, "unit='percent' is not one of raw, unit, rel"),
+    ("export/steer-rel-without-reference", lambda c: E.export_vector(c.vec, c.dir / "s3.gguf", "gguf", unit="rel"),
+     InvalidInputError, "needs reference activations"),
+    ("export/steer-negative-reference-norms",
+     lambda c: E.export_vector(c.vec, c.dir / "s4.gguf", "gguf", layers=[1], unit="rel",
+                               reference=torch.full((4,), -50.0)), InvalidInputError, "must be positive and finite"),
+    ("export/steer-string-scale", lambda c: E.export_vector(c.vec, c.dir / "s5.gguf", "gguf", scale="0.3"),
+     InvalidInputError, "scale must be a finite real number"),
+    ("official/missing-file", lambda c: O.import_official_axis(c.dir / "none.pt", model=c.info), FileFormatError,
+     "no such file"),
+    ("official/not-a-torch-file", lambda c: O.import_official_axis(c.text, model=c.info), FileFormatError,
+     "not a readable PyTorch file"),
     # --- data set schema
     ("data/missing-file", lambda c: D.load_roles(c.dir / "none.json"), DataSchemaError, "file not found"),
     ("data/bad-json", lambda c: D.load_roles(c.bad_json), DataSchemaError, "invalid JSON at line 1"),
