@@ -11,7 +11,10 @@ Sizes (``full`` is the documented full size; on a GPU pass ``--device cuda`` and
 * jailbreak: full = 7 framings x 6 requests x (baseline, cap, steer:-30), 64 tokens.
 * capability: full = the 40 local questions x (baseline, cap, steer:-30) through lm-eval.
 * personas: full = 8 personas, 8 matching questions, coefficients 0/8/16/32/64, 6 requests, 64 tokens.
-* medium (what a shared 2-core CPU allows): the full item counts for drift, jailbreak and capability with 48 new
+* small (what ran here at nice 19 on 2 CPU cores shared by seven people): drift 2 conversations per domain x 4
+  turns; every jailbreak prompt; the 40 questions under baseline and cap; all 8 personas with 2 matching questions
+  and coefficients 0/32/64; 32 new tokens throughout.
+* medium: the full item counts for drift, jailbreak and capability with 48 new
   tokens instead of 64; personas with 4 matching questions, coefficients 0/16/32/64 and 48 tokens.
 
 Rerunning with the same ``--out`` resumes (each evaluation's JSONL store skips finished items).
@@ -28,6 +31,9 @@ SIZES = {
     "smoke": dict(drift=dict(per_domain=1, turns=2, tokens=16), jail=dict(framings=["plain", "hacker"], tokens=24,
                   conditions="baseline,cap,steer:-30"), cap=dict(limit=4, conditions="baseline,cap"),
                   personas=dict(personas=["saint", "villain", "showman"], questions=2, coefs=[0.0, 32.0], tokens=16)),
+    "small": dict(drift=dict(per_domain=2, turns=4, tokens=32), jail=dict(framings=None, tokens=32,
+                  conditions="baseline,cap,steer:-30"), cap=dict(limit=None, conditions="baseline,cap"),
+                  personas=dict(personas=None, questions=2, coefs=[0.0, 32.0, 64.0], tokens=32)),
     "medium": dict(drift=dict(per_domain=None, turns=None, tokens=48), jail=dict(framings=None, tokens=48,
                    conditions="baseline,cap,steer:-30"), cap=dict(limit=None, conditions="baseline,cap,steer:-30"),
                    personas=dict(personas=None, questions=4, coefs=[0.0, 16.0, 32.0, 64.0], tokens=48)),

@@ -140,9 +140,22 @@ def _count_forwards(backend: Any, layer: int):
         handle.remove()
 
 
+@contextlib.contextmanager
+def _offline(on: bool):
+    old = os.environ.get("HF_HUB_OFFLINE")
+    if on:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if on and old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        elif on:
+            os.environ["HF_HUB_OFFLINE"] = old
+
+
 def _evaluate(hf_model: Any, tokenizer: Any, task: str, task_dir: Path, *, batch_size: int, limit: int | None,
               device: str) -> tuple[list[int], list[list[float]]]:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the local task never needs the hub; hub tasks need it unset
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -150,8 +163,9 @@ def _evaluate(hf_model: Any, tokenizer: Any, task: str, task_dir: Path, *, batch
     lm = HFLM(pretrained=hf_model, tokenizer=tokenizer, batch_size=batch_size, device=device)
     # the local task alone: indexing the thousands of built-in task configs costs more than the task itself
     tm = TaskManager(include_path=str(task_dir), include_defaults=False) if task == LOCAL_TASK else TaskManager()
-    out = simple_evaluate(model=lm, tasks=[task], task_manager=tm, limit=limit, log_samples=True,
-                          bootstrap_iters=0, verbosity="ERROR")
+    with _offline(task == LOCAL_TASK):  # the local task never needs the hub; hub tasks (mmlu, ...) do
+        out = simple_evaluate(model=lm, tasks=[task], task_manager=tm, limit=limit, log_samples=True,
+                              bootstrap_iters=0, verbosity="ERROR")
     samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
     correct, lls = [], []
     for s in samples:
