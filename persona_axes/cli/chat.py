@@ -164,6 +164,8 @@ class ChatSession:
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
+    if not args.axis:
+        raise InvalidInputError("give --axis FILE (no shipped vectors were found to default to)")
     for flag in ("axis", "cap_config", "steer_vector"):
         if getattr(args, flag):
             require_file(getattr(args, flag), f"--{flag.replace('_', '-')} file")
