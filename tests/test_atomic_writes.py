@@ -35,6 +35,7 @@ DELEGATED = {
     ("model/", "save_pretrained"): "into the temporary folder of the model cache, renamed in place last",
     ("runs/", "open ab"): "the append-only rollout log: a torn last line is dropped when read",
     ("engines/", "open wb"): "a server subprocess's log stream, written while it runs; not a data file",
+    ("evals/", "open ab"): "the append-only evaluation result log, the rollout store's rules (torn last line redone)",
 }
 
 
