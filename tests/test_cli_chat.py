@@ -148,6 +148,16 @@ def test_chat_three_turns_cap_on_at_turn_two_then_monitor_rereads_the_transcript
     mon = [r["projection"] for r in json.loads(out_json.read_text())["records"] if r["role"] == "assistant"]
     assert [s[1] for s in shown] == pytest.approx(mon, abs=2e-3)
 
+    # with no --layer / --threshold, monitor takes the ones the chat recorded in the transcript
+    rc = main(["monitor", str(transcript), "--model", str(files["model"]), "--axis", str(files["axis"]),
+               "--json", str(out_json)])
+    out = capsys.readouterr().out
+    assert rc == 0 and f"at layer 2, threshold {saved['threshold']:g} (below)" in out, out
+    rerun = json.loads(out_json.read_text())
+    assert rerun["layer"] == 2 and rerun["threshold"] == saved["threshold"]
+    assert [r["projection"] for r in rerun["records"] if r["role"] == "assistant"] == pytest.approx(mon)
+    assert [r["alert"] for r in rerun["records"] if r["role"] == "assistant"] == [t["alert"] for t in saved["turns"]]
+
 
 def test_chat_commands_refuse_bad_input_and_keep_going(files):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TERM": "dumb"}

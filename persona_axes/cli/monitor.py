@@ -8,7 +8,7 @@ from typing import Any
 
 from persona_axes.cli.batch import INPUT_HELP, read_conversations, write_jsonl
 from persona_axes.cli.common import add_command, add_model_args, file_kind, load_model_from_args, read_vector, \
-    require_file
+    require_file, shipped_file
 from persona_axes.errors import InvalidInputError
 from persona_axes.viz.figures import PLOTLYJS_MODES
 
@@ -19,6 +19,9 @@ def _cmd_monitor_many(args: argparse.Namespace) -> int:
     from persona_axes.steering.monitor import monitor_transcript
 
     items = read_conversations(args.input)
+    if args.layer is None:
+        raise InvalidInputError("give --layer (the layer to project at)")
+    args.direction = args.direction or "below"
     if file_kind(args.axis)[0] != "repeng":
         read_vector(args.axis, name=args.name, preflight_model=args.model)
     loaded = load_model_from_args(args)
@@ -45,6 +48,29 @@ def _cmd_monitor_many(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings_from_chat(args: argparse.Namespace) -> None:
+    """``--layer``, ``--threshold`` and ``--direction`` not given: take them from a transcript ``persona-axes chat``
+    saved (a JSON object with ``layer`` / ``threshold`` / ``direction`` beside its ``messages``)."""
+    saved: dict = {}
+    if not str(args.transcript).endswith(".jsonl"):
+        try:
+            data = json.loads(open(args.transcript, encoding="utf-8").read())
+        except (OSError, ValueError):
+            data = None
+        saved = data if isinstance(data, dict) else {}
+    if args.layer is None:
+        if not isinstance(saved.get("layer"), int) or isinstance(saved.get("layer"), bool):
+            raise InvalidInputError("give --layer (the transcript does not record the layer a chat projected at)")
+        args.layer = saved["layer"]
+    if args.threshold is None and isinstance(saved.get("threshold"), (int, float)) \
+            and not isinstance(saved.get("threshold"), bool):
+        args.threshold = float(saved["threshold"])
+        if args.direction is None and saved.get("direction") in ("below", "above"):
+            args.direction = saved["direction"]
+    if args.direction is None:
+        args.direction = "below"
+
+
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from persona_axes.steering.monitor import load_transcript, monitor_transcript
 
@@ -54,6 +80,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
         return _cmd_monitor_many(args)
     require_file(args.transcript, "transcript")
     msgs = load_transcript(args.transcript)
+    _settings_from_chat(args)
     if file_kind(args.axis)[0] != "repeng":
         read_vector(args.axis, name=args.name, preflight_model=args.model)
     loaded = load_model_from_args(args)
@@ -103,11 +130,14 @@ def register(sub: Any) -> None:
     mon.add_argument("--input", default=None, help=INPUT_HELP + "; one summary line per conversation")
     mon.add_argument("--out", default=None, help="with --input: write each conversation's records here (JSONL)")
     mon.add_argument("--quiet", action="store_true", help="no progress bar")
-    mon.add_argument("--axis", required=True, help="axis vector file")
+    mon.add_argument("--axis", default=shipped_file("assistant_axis.safetensors"),
+                     help="axis vector file (default: the shipped SmolLM2 Assistant Axis)")
     mon.add_argument("--name", default=None, help="member to use when --axis is a vector set")
-    mon.add_argument("--layer", type=int, required=True, help="model layer (negative counts from the end)")
-    mon.add_argument("--threshold", type=float, default=None)
-    mon.add_argument("--direction", choices=("below", "above"), default="below",
+    mon.add_argument("--layer", type=int, default=None, help="model layer (negative counts from the end); "
+                     "default: the one a `persona-axes chat` transcript records")
+    mon.add_argument("--threshold", type=float, default=None,
+                     help="alert threshold (default: none, or the one a chat transcript records)")
+    mon.add_argument("--direction", choices=("below", "above"), default=None,
                      help="alert when the value falls below (default) or rises above --threshold")
     mon.add_argument("--ema", type=float, default=None, help="EMA smoothing factor in (0, 1]")
     mon.add_argument("--html", default=None, help="write a plotly figure here (.html)")
