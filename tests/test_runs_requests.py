@@ -119,3 +119,18 @@ def test_include_takes_kind_enums_or_strings():
     assert smoke.build_requests(include=[RolloutKind.DEFAULT]) == smoke.build_requests(include=["default"])
     with pytest.raises(InvalidInputError, match="include='persona' is not one of role, default, trait"):
         smoke.build_requests(include=["persona"])
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("max_new_tokens", "48", "RolloutPreset.max_new_tokens must be an integer"),
+    ("samples", 0, "RolloutPreset.samples must be >= 1"),
+    ("questions", 2.5, "RolloutPreset.questions must be an integer"),
+    ("temperature", float("nan"), "temperature must be finite"),
+    ("top_p", 1.5, "top_p must be in"),
+    ("roles", "pirate", "RolloutPreset.roles must be a tuple of names"),
+])
+def test_preset_fields_are_checked(field, value, match):
+    from dataclasses import asdict
+
+    with pytest.raises(InvalidInputError, match=match):
+        R.RolloutPreset(**{**asdict(R.get_preset("smoke")), field: value})

@@ -199,3 +199,10 @@ def test_fuzz_bit_flips_and_truncations(tmp_path):
         assert got == good[: whole + complete]  # a prefix, never a changed record
         warned = any("truncated last line" in str(w.message) and str(p) in str(w.message) for w in caught)
         assert warned == (bool(tail) and not complete)
+
+
+def test_store_path_must_be_a_path(tmp_path):
+    with pytest.raises(InvalidInputError, match="must be a str or a path, got int"):
+        S.RolloutStore(123)
+    with pytest.raises(InvalidInputError, match="is a folder"):
+        S.RolloutStore(tmp_path)

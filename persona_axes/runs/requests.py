@@ -263,6 +263,23 @@ class RolloutPreset:
     top_p: float = 1.0
     description: str = ""
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise InvalidInputError(f"RolloutPreset.name must be a non-empty string, got {self.name!r}")
+        for name in ("prompts_per_role", "trait_pairs", "samples", "max_new_tokens", "batch_size"):
+            check_int(getattr(self, name), f"RolloutPreset.{name}", minimum=1)
+        for name in ("questions", "default_prompts", "trait_questions"):
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), f"RolloutPreset.{name}", minimum=1)
+        for name in ("roles", "traits"):
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, str) or not all(isinstance(x, str) and x for x in value):
+                    raise InvalidInputError(f"RolloutPreset.{name} must be a tuple of names (or None for all), "
+                                            f"got {value!r}")
+                object.__setattr__(self, name, tuple(value))
+        self.sampling()  # temperature and top_p checked by SamplingConfig
+
     def sampling(self, seed: int = 0) -> SamplingConfig:
         return SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
                               seed=seed)

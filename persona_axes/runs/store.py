@@ -154,6 +154,8 @@ class RolloutStore:
     """
 
     def __init__(self, path: str | os.PathLike):
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidInputError(f"a rollout store path must be a str or a path, got {type(path).__name__}")
         self.path = Path(path)
         self._records: dict[str, Rollout] = {}
         self._good_size: int | None = None  # byte length of the valid prefix, when the tail must be cut
