@@ -19,7 +19,8 @@ import torch
 
 import persona_axes as pa
 from persona_axes.activations.batch import pad_batch, render_all
-from persona_axes.steering.interventions import ActivationCap, Steer, calibrate_cap
+from persona_axes.steering.capping import ActivationCap, calibrate_cap
+from persona_axes.steering.interventions import Steer
 
 QUESTIONS = ["What is your favourite season and why?", "Describe the sea to someone who has never seen it.",
              "Give me one tip for learning a language.", "Who are you?", "What makes a city pleasant?",

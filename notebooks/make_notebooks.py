@@ -412,7 +412,7 @@ pd.DataFrame({"coef (raw)": trait_coefs.tolist(), "projection on trait": trait_p
     md("""
 ## Export: llama.cpp, repeng, NumPy
 
-`persona_axes.export.formats` writes a `PersonaVector` in formats other tools read, and reads each back:
+`persona_axes.export` writes a `PersonaVector` in formats other tools read, and reads each back:
 
 - **GGUF control vector** for llama.cpp (`llama-cli --control-vector axis.gguf`): one tensor `direction.N` per
   layer, added to the output of block N, which is our layer N. llama.cpp has no slot for layer 0, so that row is

@@ -16,7 +16,8 @@ from persona_axes.errors import *  # noqa: F401,F403  (the exception hierarchy i
 from persona_axes.errors import __all__ as _errors
 from persona_axes.activations.extraction import Extraction, extract
 from persona_axes.steering.generation import SamplingConfig, generate_replies
-from persona_axes.steering.interventions import Ablate, ActivationCap, CapConfig, Steer, calibrate_cap
+from persona_axes.steering.capping import ActivationCap, CapConfig, calibrate_cap
+from persona_axes.steering.interventions import Ablate, Steer
 from persona_axes.model.load import LoadedModel, default_model_path, find_layers, load_model
 from persona_axes.model.gguf import convert_gguf
 from persona_axes.model.templates import chat_template_names, load_chat_template

@@ -125,7 +125,7 @@ def read_header(path: str | os.PathLike) -> dict:
 def file_kind(path: str | os.PathLike) -> tuple[str, str]:
     """``(format, kind)``: format from :func:`guess_format`, kind (``vector``, ``vector_set``, ``capping``,
     ``activations`` ...) from our metadata for safetensors files."""
-    from persona_axes.export.formats import guess_format
+    from persona_axes.export import guess_format
 
     require_file(path)
     fmt = guess_format(path)
@@ -177,7 +177,7 @@ def load_model_from_args(args: argparse.Namespace):
 
 def read_vector(path: str, *, name: str | None = None, model=None, preflight_model: str | None | bool = False):
     """A PersonaVector from any of our files (vector in any export format, or one member of a vector set)."""
-    from persona_axes.export.formats import import_vector
+    from persona_axes.export import import_vector
     from persona_axes.vectors.containers import VectorSet
 
     fmt, kind = file_kind(path)

@@ -39,8 +39,8 @@ def _info_gguf(path: str, per_layer: bool) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from persona_axes.activations.container import Activations
-    from persona_axes.export.formats import import_numpy
-    from persona_axes.steering.interventions import CapConfig
+    from persona_axes.export import import_numpy
+    from persona_axes.steering.capping import CapConfig
     from persona_axes.vectors.containers import PersonaVector, VectorSet
 
     path = args.path
