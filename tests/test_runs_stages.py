@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import persona_axes as pa
-from persona_axes.steering.interventions import CapConfig
+from persona_axes.steering.capping import CapConfig
 from persona_axes.runs.stages import PipelineConfig, run_pipeline
 from persona_axes.runs.rollouts import RolloutPreset
 from persona_axes.vectors.containers import PersonaVector, VectorSet

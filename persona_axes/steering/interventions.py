@@ -320,17 +320,5 @@ class Ablate(Intervention):
         return {**super().record(), "vector": self.name}
 
 
-_MOVED_TO_CAPPING = ("ActivationCap", "CapConfig", "calibrate_cap")
-
-
-def __getattr__(name: str) -> Any:
-    # Transition: the capping names moved to persona_axes.steering.capping; old imports keep working meanwhile.
-    if name in _MOVED_TO_CAPPING:
-        from persona_axes.steering import capping
-
-        return getattr(capping, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = ["Intervention", "Steer", "Ablate", "reference_norms", "layer_vectors", "coef_tensor", "cache_length",
            "name_of"]
