@@ -162,3 +162,19 @@ def test_command_line_extract_in_one_process(tiny_checkpoint, tmp_path, capsys):
     ref = extract(model, [r.messages() for r in recs], tmp_path / "ref.safetensors", layers=[1, 3], chunk_size=2,
                   batch_size=2, metadata=[r.item_metadata() for r in recs], progress=False).activations
     assert torch.equal(acts.values, ref.values) and acts.items == ref.items
+
+
+def test_engine_rollouts_with_the_hf_engine_match_run_rollouts_and_resume(tiny, tmp_path):
+    from persona_axes.engines.hf import HFEngine
+    from persona_axes.runs.distributed import engine_rollouts
+
+    reqs = [RolloutRequest("default", "default", 0, f"q{q}", 0, "", f"Question {q}: " + "why? " * q) for q in range(4)]
+    sampling = SamplingConfig(max_new_tokens=4, temperature=0.9, seed=4)
+    run_rollouts(tiny, reqs, tmp_path / "ref.jsonl", sampling, batch_size=2, progress=False)
+    first = engine_rollouts(HFEngine(tiny, batch_size=2), reqs[:2], tmp_path / "e.jsonl", sampling)
+    again = engine_rollouts(HFEngine(tiny, batch_size=2), reqs, tmp_path / "e.jsonl", sampling)
+    assert (first.generated, again.generated, again.skipped) == (2, 2, 2)
+    ref, got = RolloutStore(tmp_path / "ref.jsonl"), RolloutStore(tmp_path / "e.jsonl")
+    assert {r.id: (r.response, r.item_seed, r.model) for r in got} == {r.id: (r.response, r.item_seed, r.model) for r in ref}
+    with pytest.raises(InvalidInputError, match="another run"):
+        engine_rollouts(HFEngine(tiny, name="other"), reqs, tmp_path / "e.jsonl", sampling)
