@@ -389,3 +389,19 @@ def test_cli_eval_judges_prints_the_agreement(capsys):
     assert main(["eval", "judges", "--judge", "lexical-only"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n"] == 60 and out["judge"] == "refusal-lexical/v1" and 0 <= out["kappa"] <= 1
+
+
+def test_report_sections_rebuild_from_result_dicts(tmp_path):
+    from persona_axes.evals.capability import CapabilityResult
+    from persona_axes.evals.results import report_section, save_result
+
+    recs = [{"id": f"{c}/t", "condition": c, "task": "t", "correct": correct, "hooked_forwards": 2,
+             "loglikelihoods": [[-1.0, -2.0 + shift], [-3.0, -0.5]]}
+            for c, correct, shift in (("baseline", [1, 1], 0.0), ("cap", [0, 1], 1.5))]
+    res = CapabilityResult(records=recs, config={})
+    res.fill_accuracy()
+    rows = {r["condition"]: r for r in res.table()}
+    assert rows["cap"]["accuracy"] == 0.5 and rows["cap"]["max_abs_loglik_change_vs_baseline"] == 1.5
+    section = report_section(save_result(res, tmp_path)["json"])
+    assert section["title"].startswith("Capability") and len(section["rows"]) == 2 and section["figures"]
+    assert "accuracy" in section["columns"]
