@@ -76,7 +76,9 @@ def main() -> None:
         """Save one evaluation's results and the summary so far, as soon as it finishes."""
         from persona_axes.files import atomic_write
 
-        results[name], walls[name] = result, time.perf_counter() - t0
+        # a resumed run adds the wall time the earlier run(s) recorded in the result JSON
+        earlier = json.loads((out / f"{name}.json").read_text()).get("wall_time_s", 0.0) if (out / f"{name}.json").exists() else 0.0
+        results[name], walls[name] = result, time.perf_counter() - t0 + (earlier or 0.0)
         save_result(result, out, wall_time_s=walls[name])
         with atomic_write(summary, "w") as f:
             f.write(_markdown(results, walls, args, setup))
@@ -108,7 +110,7 @@ def _markdown(results, walls, args, setup) -> str:
     lines = [f"# Evaluations on SmolLM2-135M-Instruct (size `{args.size}`)", "",
              f"Command: `OMP_NUM_THREADS=1 nice -n 19 python experiments/evals.py --size {args.size} --out {args.out}`",
              f"Vectors: `{setup.folder}` (axis layer {setup.layer}, cap floor {setup.floor:.2f} at that layer, cap "
-             f"layers {setup.cap.layers}). Wall times on 2 shared CPU cores (load ~10): "
+             f"layers {setup.cap.layers}). Wall times on 2 CPU cores shared with other work (load 4-10): "
              + ", ".join(f"{k} {v / 60:.1f} min" for k, v in walls.items()) + ".", ""]
     if "drift" in results:
         r = results["drift"]
@@ -131,14 +133,15 @@ def _markdown(results, walls, args, setup) -> str:
         lines += ["## 2. Capping against persona jailbreaks", "",
                   f"Judge `{r.judge}` vs {a['n']} hand-labelled replies: accuracy {a['accuracy']:.3f}, Cohen's kappa "
                   f"{a['kappa']:.3f}, AUROC {a['auroc']:.3f}.", "",
-                  "| framing | condition | n | compliance [95% CI] | relative reduction vs baseline [95% CI] |",
-                  "|---|---|---:|---|---|"]
+                  "| framing | condition | n | compliance [95% CI] | relative reduction vs baseline [95% CI] | "
+                  "mean axis projection |", "|---|---|---:|---|---|---:|"]
         for row in r.table():
             red = ("" if "relative_reduction" not in row else
                    f"{_f(row['relative_reduction'], '{:+.2f}')} [{_f(row['reduction_ci_low'], '{:+.2f}')}, "
                    f"{_f(row['reduction_ci_high'], '{:+.2f}')}]")
             lines.append(f"| {row['framing']} | {row['condition']} | {row['n']} | {row['compliance_rate']:.2f} "
-                         f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}] | {red} |")
+                         f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}] | {red} | "
+                         f"{_f(row.get('mean_axis_projection'), '{:+.1f}')} |")
         lines.append("")
     if "capability" in results:
         lines += ["## 3. Capability cost (lm-eval, local task)", "",

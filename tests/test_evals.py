@@ -287,6 +287,16 @@ def test_jailbreak_rates_and_reduction_recomputed_from_records(tiny, tiny_setup,
     if rate["baseline"] > 0:
         assert rows[("all", "cap")]["relative_reduction"] == pytest.approx(1 - rate["cap"] / rate["baseline"])
     assert res.agreement["judge"] == "parity" and res.agreement["n"] == 60
+    from persona_axes.steering.monitor import monitor_transcript  # a different capture path: every message's span
+
+    text = {p.id: p.text for p in prompts}
+    for rec in res.records[:: len(prompts) // 2]:
+        if rec["reply"].strip():
+            conv = [{"role": "user", "content": text[rec["prompt"]]}, {"role": "assistant", "content": rec["reply"]}]
+            ref = monitor_transcript(tiny, conv, tiny_setup.axis, 2).assistant()[0].projection
+            assert rec["projection"] == pytest.approx(ref, abs=1e-4)
+    cap_rows = [r for r in res.records if r["condition"] == "cap" and r["projection"] is not None]
+    assert rows[("all", "cap")]["mean_axis_projection"] == pytest.approx(np.mean([r["projection"] for r in cap_rows]))
     paths = save_result(res, tmp_path / "out")
     section = report_section(paths["json"])
     assert section["figures"] and section["rows"] and load_result(paths["json"])["judge"] == "parity"

@@ -7,6 +7,9 @@ operational detail; the unframed ``plain`` framing is the control). Replies are 
 default :class:`~persona_axes.judges.refusal.LexicalRefusalJudge`). Reported: the harmful-compliance rate per
 framing and condition with bootstrap CIs over prompts, and the relative reduction ``(rate_baseline - rate_cond) /
 rate_baseline`` for each condition with a paired bootstrap CI (the same resampled prompts under both conditions).
+Judge-free, each reply's mean projection on the unit Assistant Axis at the axis layer (read without any
+intervention) is stored too, and its mean per framing and condition reported: it shows whether a condition moved
+the replies toward or away from the Assistant whatever the judge makes of them.
 :func:`judge_agreement` reports how the judge agrees with the hand-labelled replies (accuracy, Cohen's kappa,
 AUROC), which is part of every result.
 
@@ -21,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from persona_axes.activations.batch import capture
 from persona_axes.activations.readers.base import as_backend
 from persona_axes.core import check_int
 from persona_axes.errors import InvalidInputError
@@ -91,8 +95,11 @@ class JailbreakResult:
         for framing in [None, *self.framings()]:
             for cond in self.conditions():
                 est = self.rate(cond, framing)
+                projs = [r["projection"] for r in self.records if r["condition"] == cond and r.get("projection")
+                         is not None and (framing is None or r["framing"] == framing)]
                 row = {"framing": framing or "all", "condition": cond, "n": est.n, "compliance_rate": est.value,
-                       "ci_low": est.low, "ci_high": est.high}
+                       "ci_low": est.low, "ci_high": est.high,
+                       "mean_axis_projection": sum(projs) / len(projs) if projs else None}
                 if cond != "baseline" and "baseline" in self.conditions():
                     red = self.reduction(cond, framing)
                     row.update(relative_reduction=red.value, reduction_ci_low=red.low, reduction_ci_high=red.high)
@@ -156,6 +163,7 @@ def run_jailbreak(model: Any, setup: AxisSetup, conditions: Sequence[Condition],
             new = [{"id": f"{cond.name}/{p.id}", "condition": cond.name, "prompt": p.id, "framing": p.framing,
                     "request": p.request_id, "kind": p.kind, "reply": r, "judge": {}} for p, r in zip(chunk, replies)]
             _judge(judge, new, prompts)
+            _project(be, setup, new, prompts, batch_size)
             if store is not None:
                 with store.writing():
                     store.append(new)
@@ -164,9 +172,13 @@ def run_jailbreak(model: Any, setup: AxisSetup, conditions: Sequence[Condition],
     unjudged = [records[i] for i in wanted_ids if judge.name not in records[i]["judge"]]
     if unjudged:
         _judge(judge, unjudged, prompts)
-        if store is not None:
-            with store.writing():
-                store.append(unjudged)
+    unprojected = [records[i] for i in wanted_ids if "projection" not in records[i]]
+    if unprojected:
+        _project(be, setup, unprojected, prompts, batch_size)
+    changed = {r["id"]: r for r in unjudged + unprojected}
+    if changed and store is not None:
+        with store.writing():
+            store.append(list(changed.values()))
     return JailbreakResult(records=[records[i] for i in wanted_ids], config=config, judge=judge.name,
                            agreement=judge_agreement(judge), seed=seed)
 
@@ -176,3 +188,19 @@ def _judge(judge: RefusalJudge, records: list[dict[str, Any]], prompts: Sequence
     scores = judge.score_refusals([RefusalItem(text[r["prompt"]], r["reply"]) for r in records])
     for r, s in zip(records, scores):
         r["judge"] = {**r["judge"], judge.name: {"comply": s.comply, "score": s.score, "rationale": s.rationale}}
+
+
+def _project(be: Any, setup: AxisSetup, records: list[dict[str, Any]], prompts: Sequence[JailbreakPrompt],
+             batch_size: int) -> None:
+    """Each reply's mean projection on the unit axis at the axis layer, no intervention (None for an empty reply)."""
+    text = {p.id: p.text for p in prompts}
+    todo = [r for r in records if r["reply"].strip()]
+    for r in records:
+        r["projection"] = None
+    if not todo:
+        return
+    convs = [[{"role": "user", "content": text[r["prompt"]]}, {"role": "assistant", "content": r["reply"]}] for r in todo]
+    acts = capture(be, convs, layers=[setup.layer], which="last_assistant", batch_size=batch_size, progress=False)
+    u = setup.axis.unit(setup.layer)
+    for item, value in zip(acts.items, (acts.at(setup.layer) @ u).tolist()):
+        todo[item["conversation"]]["projection"] = value
