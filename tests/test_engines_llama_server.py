@@ -39,7 +39,7 @@ QUESTIONS = ["What is the capital of France?", "Name three colours of the rainbo
 def server():
     if importlib.util.find_spec("llama_cpp") is None:
         if os.environ.get("CI"):
-            pytest.fail("llama-cpp-python is not installed; scripts/setup.sh runs scripts/build_llama_cpp.sh")
+            pytest.fail("llama-cpp-python is not installed; bash scripts/setup.sh --tests builds it (scripts/build_llama_cpp.sh)")
         pytest.skip("llama-cpp-python[server] is not installed: run scripts/build_llama_cpp.sh")
     with LlamaServer(threads=2) as srv:  # stopped (terminate, then kill) when the module's tests are done
         yield srv.url
