@@ -361,51 +361,8 @@ def cosine64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, (a * b).sum(-1) / den.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(den))
 
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Progress bars and the shipped vectors
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _import_tqdm_auto_quietly() -> None:
-    """Where ipywidgets is missing, import ``tqdm.auto`` once with its "IProgress not found" warning silenced: in a
-    Jupyter kernel its first import (ours or transformers') warns, then falls back to the plain bar, which is right."""
-    import importlib.util
-    import sys
-    import warnings
-
-    if "tqdm.auto" in sys.modules or importlib.util.find_spec("ipywidgets") is not None:
-        return
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*IProgress not found.*")
-        import tqdm.auto  # noqa: F401
-
-
-_import_tqdm_auto_quietly()
-
-
-def progress_bar(iterable: Iterable | None = None, **kwargs: Any):
-    """tqdm.auto's bar (the notebook widget with ipywidgets, else the plain bar), never the IProgress warning."""
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, **kwargs)
-
-
-DEFAULT_SHIPPED = "smollm2-135m-instruct"
-
-
-def shipped_vectors_dir(model: str = DEFAULT_SHIPPED) -> Path:
-    """The vectors shipped for ``model`` (assistant_axis, capping, roles, default, traits/, summary.json), inside
-    the installed package (``data/vectors`` links to the repository's ``vectors/``; wheels carry the files)."""
-    root = Path(__file__).resolve().parent / "data" / "vectors"
-    if not isinstance(model, str) or not model or "/" in model or "\\" in model or model.startswith(".") \
-            or not (root / model).is_dir():
-        known = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        raise InvalidInputError(f"no shipped vectors for model={model!r}; shipped: {', '.join(known) or 'none'}")
-    return root / model
-
 __all__ = [
     "__version__", "LAYER_SITE", "LAYER_SPEC_FORMS", "Choice", "Positions", "Unit", "Reduce", "Which", "CapKind", "RolloutKind",
     "PaddingSide", "as_choice", "check_int", "check_float", "check_finite", "ModelInfo", "normalize_layers",
-    "parse_layer_spec", "format_layers", "unit", "cosine64", "DEFAULT_SHIPPED", "shipped_vectors_dir", "progress_bar",
+    "parse_layer_spec", "format_layers", "unit", "cosine64",
 ]

@@ -35,7 +35,7 @@ from typing import IO, Any
 
 import torch
 
-from persona_axes.errors import FileFormatError
+from persona_axes.errors import FileFormatError, InvalidInputError
 
 FORMAT = "persona_axes"
 FORMAT_VERSION = "2"
@@ -330,6 +330,24 @@ def parse_json_meta(md: dict[str, str], key: str, path: Any = "") -> Any:
         raise FileFormatError(f"{path}: metadata {key!r} is missing or not JSON: {e}") from e
 
 
-__all__ = ["atomic_write", "atomic_path", "append_durably", "save_tensors", "load_tensors", "checksum", "read_safetensors_header",
+# ---------------------------------------------------------------------------------------------------------------
+# The vectors shipped inside the package
+# ---------------------------------------------------------------------------------------------------------------
+
+DEFAULT_SHIPPED = "smollm2-135m-instruct"
+
+
+def shipped_vectors_dir(model: str = DEFAULT_SHIPPED) -> Path:
+    """The vectors shipped for ``model`` (assistant_axis, capping, roles, default, traits/, summary.json), inside
+    the installed package (``data/vectors`` links to the repository's ``vectors/``; wheels carry the files)."""
+    root = Path(__file__).resolve().parent / "data" / "vectors"
+    if not isinstance(model, str) or not model or "/" in model or "\\" in model or model.startswith(".") \
+            or not (root / model).is_dir():
+        known = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        raise InvalidInputError(f"no shipped vectors for model={model!r}; shipped: {', '.join(known) or 'none'}")
+    return root / model
+
+
+__all__ = ["DEFAULT_SHIPPED", "shipped_vectors_dir", "atomic_write", "atomic_path", "append_durably", "save_tensors", "load_tensors", "checksum", "read_safetensors_header",
            "read_safetensors_metadata", "check_file", "restamp", "FileCheck", "LegacyFileWarning", "RESERVED_KEYS",
            "json_meta", "parse_json_meta"]

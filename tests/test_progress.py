@@ -1,4 +1,4 @@
-"""core.progress_bar, and no "IProgress not found" warning in Jupyter without ipywidgets: tqdm.auto warned at its
+"""progress.progress_bar, and no "IProgress not found" warning in Jupyter without ipywidgets: tqdm.auto warned at its
 first import in a kernel (ours or transformers'), so core imports it first, quietly."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from persona_axes import core
+from persona_axes import progress
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,7 @@ def test_tqdm_auto_warns_in_a_kernel_without_ipywidgets():
 
 
 def test_importing_persona_axes_first_silences_it():
-    p = _run("import persona_axes\nimport tqdm.auto\nimport transformers\nfrom persona_axes.core import progress_bar\n"
+    p = _run("import persona_axes\nimport tqdm.auto\nimport transformers\nfrom persona_axes.progress import progress_bar\n"
              "list(progress_bar(range(3), disable=True))\nprint('ok')")
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]
     assert "IProgress" not in p.stderr, p.stderr[-2000:]
@@ -47,5 +47,5 @@ def test_progress_bar_is_tqdm_and_counts():
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        bar = core.progress_bar(range(3), disable=True)
+        bar = progress.progress_bar(range(3), disable=True)
     assert isinstance(bar, tqdm.std.tqdm) and list(bar) == [0, 1, 2]

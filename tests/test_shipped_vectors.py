@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from persona_axes.core import shipped_vectors_dir
+from persona_axes.files import shipped_vectors_dir
 from persona_axes.errors import InvalidInputError
 
 ROOT = Path(__file__).resolve().parent.parent

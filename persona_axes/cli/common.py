@@ -69,7 +69,7 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
 def shipped_file(name: str) -> str:
     """A file of the vectors shipped for the embedded SmolLM2 (the defaults of ``chat``), as a path string; ""
     when the package has no shipped vectors (the parser must still build; the command then asks for the file)."""
-    from persona_axes.core import shipped_vectors_dir
+    from persona_axes.files import shipped_vectors_dir
 
     try:
         return str(shipped_vectors_dir() / name)

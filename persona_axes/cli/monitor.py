@@ -15,7 +15,7 @@ from persona_axes.viz.figures import PLOTLYJS_MODES
 
 def _cmd_monitor_many(args: argparse.Namespace) -> int:
     """``--input FILE``: every conversation of a file, one summary line each, JSONL records with ``--out``."""
-    from persona_axes.core import progress_bar
+    from persona_axes.progress import progress_bar
     from persona_axes.steering.monitor import monitor_transcript
 
     items = read_conversations(args.input)

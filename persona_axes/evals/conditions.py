@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from persona_axes.core import DEFAULT_SHIPPED, check_int, shipped_vectors_dir
+from persona_axes.core import check_int
+from persona_axes.files import DEFAULT_SHIPPED, shipped_vectors_dir
 from persona_axes.errors import InvalidInputError
 from persona_axes.steering.capping import ActivationCap, CapConfig
 from persona_axes.steering.interventions import Steer
