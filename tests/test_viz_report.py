@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,3 +123,41 @@ def test_demo_runs_the_pipeline_and_writes_the_report(smollm, capsys, tmp_path):
     axis = pa.PersonaVector.load(tmp_path / "pub" / "assistant_axis.safetensors", model=smollm)
     assert torch.equal(axis.vector, pa.PersonaVector.load(out / "vectors" / "assistant_axis.safetensors").vector)
     assert "## The Assistant Axis and PC1" in (tmp_path / "pub" / "README.md").read_text()
+
+
+def test_evaluation_sections_from_a_folder_of_results():
+    """One section per evaluation result in a folder (as `persona-axes eval --out` writes them), each with the
+    result's own headline and one table row per row of its stored table (read here straight from the JSON)."""
+    import json
+
+    from persona_axes.viz.report import evaluation_sections
+
+    folder = Path(__file__).resolve().parents[1] / "experiments" / "results" / "evals_smollm2"
+    files = sorted(p for p in folder.glob("*.json"))
+    assert files, "the shipped evaluation results are missing"
+    sections = evaluation_sections(folder)
+    assert len(sections) == len(files)
+    for (heading, html_text), path in zip(sections, files):
+        data = json.loads(path.read_text())
+        assert heading and heading in {"Persona drift by conversation type", "Capping against persona jailbreaks",
+                                       "Capability cost (lm-eval)", "Prompted vs steered personas"}
+        assert html_text.count("<tr>") == len(data["table"]) + 1  # header + one row per table row
+    with pytest.raises(pa.InvalidInputError, match="neither a result file nor a folder"):
+        evaluation_sections(folder / "missing.json")
+
+
+def test_report_gains_a_section_per_evaluation_in_the_run_folder(result, tmp_path):
+    """Results written by `persona-axes eval --out <run>/evals` appear in the run's report without being asked for."""
+    import shutil
+
+    src = Path(__file__).resolve().parents[1] / "experiments" / "results" / "evals_smollm2"
+    evals = Path(result.out_dir) / "evals"
+    try:
+        shutil.copytree(src, evals)
+        page = pipeline_report(result)
+        for heading in ("Persona drift by conversation type", "Capping against persona jailbreaks",
+                        "Capability cost (lm-eval)", "Prompted vs steered personas"):
+            assert f"<h2>{heading}</h2>" in page
+        assert "Persona drift by conversation type" not in pipeline_report(result, evaluations=[])
+    finally:
+        shutil.rmtree(evals, ignore_errors=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import html
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,13 +159,16 @@ def html_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, left: in
 def pipeline_report(result: PipelineResult, *, layer: int | None = None,
                     steering: Sequence[SteeredReply] | None = None, title: str | None = None,
                     notes: Mapping[str, Any] | None = None,
-                    sections: Sequence[tuple[str, str]] = (), plotlyjs: str = "inline") -> str:
+                    sections: Sequence[tuple[str, str]] = (), evaluations: Any = None,
+                    plotlyjs: str = "inline") -> str:
     """The report as one standalone HTML page (plotly.js inlined once, so it opens offline; ``plotlyjs=
     "directory"`` refers to a ``plotly.min.js`` beside the page instead, which :func:`write_report` writes).
 
     ``layer``: the layer the figures centre on (default: the sweep's choice). ``steering``: replies from
     :func:`steering_sweep`. ``notes``: extra ``{label: value}`` rows for the header table (e.g. the experiment
-    config). ``sections``: ``(heading, html)`` pairs appended at the end; their html is inserted as given."""
+    config). ``sections``: ``(heading, html)`` pairs appended at the end; their html is inserted as given.
+    ``evaluations``: results of :mod:`persona_axes.evals` (result objects, their ``<name>.json`` files, or folders
+    of them), one section each; by default every ``<out_dir>/evals/*.json`` that exists."""
     from persona_axes.viz import plots
 
     first_js = include_plotlyjs(plotlyjs)
@@ -259,10 +262,42 @@ def pipeline_report(result: PipelineResult, *, layer: int | None = None,
                      f"<i>{_esc(steering[0].question)}</i></p>"
                      + "".join(f"<p><b>coef {r.coef:+g}</b></p><blockquote>{_esc(r.reply)}</blockquote>"
                                for r in steering))
-    parts += [f"<h2>{_esc(heading)}</h2>{content}" for heading, content in sections]
+    if evaluations is None:
+        evaluations = [out_dir / "evals"] if (out_dir / "evals").is_dir() else []
+    parts += [f"<h2>{_esc(heading)}</h2>{content}" for heading, content in
+              [*evaluation_sections(evaluations), *sections]]
     body = "\n".join(parts)
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_esc(title or 'persona space')}</title>"
             f"<style>{_STYLE}</style></head><body>{body}</body></html>")
+
+
+def evaluation_sections(evaluations: Any) -> list[tuple[str, str]]:
+    """``(heading, html)`` for each evaluation result of :mod:`persona_axes.evals`: a headline, its figure and its
+    table. ``evaluations``: result objects, ``<name>.json`` paths, or folders whose ``*.json`` files are results
+    (written by ``persona-axes eval ... --out FOLDER``), in the order given. Figures refer to the plotly.js that
+    the page already carries."""
+    from persona_axes.evals import EVALUATIONS
+    from persona_axes.evals.results import report_section
+
+    if isinstance(evaluations, (str, os.PathLike, dict)) or not isinstance(evaluations, Iterable):
+        evaluations = [evaluations]
+    items: list[Any] = []
+    for ev in evaluations:
+        if isinstance(ev, (str, os.PathLike)) and Path(ev).is_dir():  # the results of `persona-axes eval --out`
+            items += [p for p in sorted(Path(ev).glob("*.json")) if p.stem in EVALUATIONS]
+        elif isinstance(ev, (str, os.PathLike)) and not Path(ev).is_file():
+            raise InvalidInputError(f"evaluations: {ev} is neither a result file nor a folder of them")
+        else:
+            items.append(ev)
+    out = []
+    for item in items:
+        sec = report_section(item)
+        figs = "".join(fig.to_html(full_html=False, include_plotlyjs=False, default_height="480px")
+                       for fig in sec["figures"])
+        table = html_table(sec["columns"], [[("" if v is None else f"{v:.3g}" if isinstance(v, float) else v)
+                                              for v in row] for row in sec["rows"]], left=1) if sec["rows"] else ""
+        out.append((sec["title"], f"<p>{_esc(sec['headline'])}</p>{figs}{table}"))
+    return out
 
 
 def write_report(result: PipelineResult, path: str | os.PathLike | None = None, **kwargs: Any) -> Path:
@@ -277,4 +312,5 @@ def write_report(result: PipelineResult, path: str | os.PathLike | None = None, 
     return path
 
 
-__all__ = ["html_table", "SteeredReply", "steering_sweep", "text_summary", "pipeline_report", "write_report", "report_layer"]
+__all__ = ["html_table", "SteeredReply", "steering_sweep", "text_summary", "pipeline_report", "write_report", "report_layer",
+           "evaluation_sections"]
