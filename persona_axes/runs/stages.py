@@ -44,7 +44,7 @@ from persona_axes.runs.rollouts import judge_rollouts, run_rollouts
 from persona_axes.runs.store import Rollout, RolloutStore
 from persona_axes.runs.summary import CappingSummary, RoleAcceptance, RunSummary, TraitSummary
 from persona_axes.steering.capping import CapConfig, calibrate_cap
-from persona_axes.vectors.containers import mean_vector, role_vectors, trait_vector
+from persona_axes.vectors.methods import mean_vector, role_vectors, trait_vector
 from persona_axes.vectors.space import PersonaSpace
 
 log = logging.getLogger(__name__)

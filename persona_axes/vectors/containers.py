@@ -355,19 +355,4 @@ class VectorSet:
             raise FileFormatError(f"{path}: {e}") from e
 
 
-_MOVED = {"mean_difference": "methods", "pca_difference": "methods", "probe_direction": "methods",
-          "trait_vector": "methods", "mean_vector": "methods", "role_vectors": "methods", "TRAIT_METHODS": "methods",
-          "purify": "purify", "PurifyResult": "purify", "PURIFY_MODES": "purify"}
-
-
-def __getattr__(name: str) -> Any:
-    """Names that moved to :mod:`~persona_axes.vectors.methods` / :mod:`~persona_axes.vectors.purify` in the
-    redesign, still importable from here for code written before it."""
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f"persona_axes.vectors.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = ["PersonaVector", "VectorSet", "VECTOR_KIND", "VECTOR_SET_KIND"]
