@@ -202,8 +202,9 @@ show(plots.scree(space, LAYER), "scree")
     md("""
 ### The layer sweep recorded by the pipeline
 
-At every layer the pipeline projected the held-out default replies and the accepted role replies onto the unit
-axis and measured how well the two separate (AUROC, Cohen's d). That is how it chose the layer used here.
+At every layer the pipeline projected the default replies and the accepted role replies onto the unit axis and
+measured how well the two separate (AUROC, Cohen's d). These are **in-sample** numbers: the same replies built the
+axis. That is how it chose the layer used here.
 """),
     code('''
 show(plots.layer_sweep(summary["layer_sweep"]), "layer_sweep_shipped")
