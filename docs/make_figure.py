@@ -1,7 +1,7 @@
 """Re-draw docs/persona_map.png (the README's figure) from the shipped SmolLM2 vectors.
 
     .venv/bin/python docs/make_figure.py            # writes docs/persona_map.html
-    chromium --headless --no-sandbox --screenshot=docs/persona_map.png --window-size=1000,640 docs/persona_map.html
+    chromium --headless --no-sandbox --hide-scrollbars --screenshot=docs/persona_map.png --window-size=1020,680 docs/persona_map.html
 """
 
 from pathlib import Path
