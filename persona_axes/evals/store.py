@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_axes.errors import FileFormatError, InvalidInputError
-from persona_axes.runs.store import LINE_CHECK_KEY, line_check
+from persona_axes.runs.store import LINE_CHECK_KEY, line_check, read_checked_line
 
 __all__ = ["ResultStore"]
 
@@ -66,17 +66,7 @@ class ResultStore:
     # ---- reading
 
     def _parse(self, raw: bytes, number: int) -> dict[str, Any]:
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise FileFormatError(f"{self.path}, line {number}: not valid JSON ({e})") from e
-        if not isinstance(data, dict):
-            raise FileFormatError(f"{self.path}, line {number}: not a JSON object")
-        check = data.pop(LINE_CHECK_KEY, None)
-        if check != line_check(data):
-            raise FileFormatError(f"{self.path}, line {number}: fails its check ({LINE_CHECK_KEY}): the line was "
-                                  "changed or corrupted after it was written")
-        return data
+        return read_checked_line(self.path, raw, number)
 
     def _load(self) -> None:
         data = self.path.read_bytes()

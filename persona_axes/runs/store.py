@@ -32,7 +32,7 @@ from typing import Any
 from persona_axes.errors import FileFormatError, InvalidInputError
 from persona_axes.runs.requests import RolloutRequest
 
-__all__ = ["Rollout", "RolloutStore", "LINE_CHECK_KEY", "line_check"]
+__all__ = ["Rollout", "RolloutStore", "LINE_CHECK_KEY", "line_check", "read_checked_line"]
 
 #: The key of each line's own check.
 LINE_CHECK_KEY = "line_sha256"
@@ -139,6 +139,27 @@ def line_check(record: Mapping[str, Any]) -> str:
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()[:16]
 
 
+def read_checked_line(path: Any, raw: bytes, number: int, *, allow_unchecked: bool = False) -> dict[str, Any]:
+    """One line of a checked JSONL file (a rollout store, an evaluation store) as a dict, its check verified and
+    removed. A line that is not a JSON object, or fails its check, is refused naming the file and the line number.
+    With ``allow_unchecked``, a line written without a check (by an older version or an outside tool) is returned
+    with ``LINE_CHECK_KEY`` set to None so the caller can count it; otherwise it is refused too."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FileFormatError(f"{path}, line {number}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise FileFormatError(f"{path}, line {number}: not a JSON object")
+    check = data.pop(LINE_CHECK_KEY, None)
+    if check is None and allow_unchecked:
+        data[LINE_CHECK_KEY] = None
+        return data
+    if check != line_check(data):
+        raise FileFormatError(f"{path}, line {number}: fails its check ({LINE_CHECK_KEY}): the line was changed or "
+                              "corrupted after it was written")
+    return data
+
+
 def _line(rec: Rollout) -> bytes:
     d = _nan_to_none(rec.to_dict())
     d[LINE_CHECK_KEY] = line_check(d)
@@ -174,18 +195,9 @@ class RolloutStore:
         return st.st_mtime_ns, st.st_size
 
     def _parse(self, raw: bytes, number: int) -> Rollout:
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise FileFormatError(f"{self.path}, line {number}: not valid JSON ({e})") from e
-        if not isinstance(data, dict):
-            raise FileFormatError(f"{self.path}, line {number}: not a JSON object")
-        check = data.pop(LINE_CHECK_KEY, None)
-        if check is None:
+        data = read_checked_line(self.path, raw, number, allow_unchecked=True)
+        if data.pop(LINE_CHECK_KEY, True) is None:
             self.legacy_lines += 1
-        elif check != line_check(data):
-            raise FileFormatError(f"{self.path}, line {number}: fails its check ({LINE_CHECK_KEY}): the line was "
-                                  "changed or corrupted after it was written")
         try:
             return Rollout.from_dict(data)
         except (FileFormatError, TypeError) as e:
