@@ -23,7 +23,7 @@ from persona_axes.engines.llama_server import LlamaServer, free_port
 from persona_axes.engines.openai_http import OpenAIEngine
 from persona_axes.errors import EngineError
 from persona_axes.runs.requests import RolloutRequest
-from persona_axes.runs.distributed import engine_rollouts
+from persona_axes.runs.rollouts import run_rollouts
 from persona_axes.runs.store import RolloutStore
 from persona_axes.steering.generation import SamplingConfig
 
@@ -114,7 +114,7 @@ def test_http_engine_fills_a_rollout_store_and_capture_rerenders_it(server, smol
     reqs = _requests(6)
     sampling = SamplingConfig(max_new_tokens=24, temperature=0.7, seed=5)
     with OpenAIEngine(server, "smollm2", name="smollm2-q4-llama.cpp", concurrency=3) as engine:
-        report = engine_rollouts(engine, reqs, store, sampling, progress=False)
+        report = run_rollouts(engine, reqs, store, sampling, progress=False)
     assert (report.generated, report.skipped) == (6, 0)
     recs = RolloutStore(store.path).records()
     assert sorted(r.id for r in recs) == sorted(r.id for r in reqs)
@@ -129,11 +129,11 @@ RUN = """
 import sys
 from persona_axes.engines.openai_http import OpenAIEngine
 from persona_axes.runs.requests import RolloutRequest
-from persona_axes.runs.distributed import engine_rollouts
+from persona_axes.runs.rollouts import run_rollouts
 from persona_axes.steering.generation import SamplingConfig
 sys.path.insert(0, {tests!r})
 from test_engines_llama_server import _requests
-engine_rollouts(OpenAIEngine({url!r}, "smollm2", concurrency=2), _requests(10), {store!r},
+run_rollouts(OpenAIEngine({url!r}, "smollm2", concurrency=2), _requests(10), {store!r},
              SamplingConfig(max_new_tokens=24, temperature=0.7, seed=1), progress=False)
 """
 
@@ -156,7 +156,7 @@ def test_killed_http_run_resumes_without_regenerating_a_finished_reply(server, t
     sent: list[str] = []
     client = httpx.Client(timeout=120, event_hooks={"request": [lambda r: sent.append(r.read().decode())]})
     engine = OpenAIEngine(server, "smollm2", concurrency=2, client=client)
-    report = engine_rollouts(engine, _requests(10), store_path, SamplingConfig(max_new_tokens=24, temperature=0.7, seed=1),
+    report = run_rollouts(engine, _requests(10), store_path, SamplingConfig(max_new_tokens=24, temperature=0.7, seed=1),
                           progress=False)
     client.close()
     assert (report.generated, report.skipped) == (10 - len(before), len(before))

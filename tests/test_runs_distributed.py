@@ -16,7 +16,7 @@ from helpers import tiny_loaded
 from persona_axes.activations.container import Activations
 from persona_axes.activations.extraction import extract
 from persona_axes.errors import InvalidInputError
-from persona_axes.runs.distributed import Ranks, rank_chunks, replica_max_memory, shard_path
+from persona_axes.runs.distributed import Ranks, rank_chunks, replica_max_memory, rollouts_distributed, shard_path
 from persona_axes.runs.requests import RolloutRequest
 from persona_axes.runs.rollouts import run_rollouts
 from persona_axes.runs.store import RolloutStore
@@ -164,17 +164,20 @@ def test_command_line_extract_in_one_process(tiny_checkpoint, tmp_path, capsys):
     assert torch.equal(acts.values, ref.values) and acts.items == ref.items
 
 
-def test_engine_rollouts_with_the_hf_engine_match_run_rollouts_and_resume(tiny, tmp_path):
+def test_run_rollouts_with_an_hf_engine_matches_the_model_and_resumes(tiny, tmp_path):
     from persona_axes.engines.hf import HFEngine
-    from persona_axes.runs.distributed import engine_rollouts
 
     reqs = [RolloutRequest("default", "default", 0, f"q{q}", 0, "", f"Question {q}: " + "why? " * q) for q in range(4)]
     sampling = SamplingConfig(max_new_tokens=4, temperature=0.9, seed=4)
     run_rollouts(tiny, reqs, tmp_path / "ref.jsonl", sampling, batch_size=2, progress=False)
-    first = engine_rollouts(HFEngine(tiny, batch_size=2), reqs[:2], tmp_path / "e.jsonl", sampling)
-    again = engine_rollouts(HFEngine(tiny, batch_size=2), reqs, tmp_path / "e.jsonl", sampling)
+    first = run_rollouts(HFEngine(tiny, batch_size=2), reqs[:2], tmp_path / "e.jsonl", sampling, progress=False)
+    again = run_rollouts(HFEngine(tiny, batch_size=2), reqs, tmp_path / "e.jsonl", sampling, progress=False)
     assert (first.generated, again.generated, again.skipped) == (2, 2, 2)
     ref, got = RolloutStore(tmp_path / "ref.jsonl"), RolloutStore(tmp_path / "e.jsonl")
     assert {r.id: (r.response, r.item_seed, r.model) for r in got} == {r.id: (r.response, r.item_seed, r.model) for r in ref}
     with pytest.raises(InvalidInputError, match="another run"):
-        engine_rollouts(HFEngine(tiny, name="other"), reqs, tmp_path / "e.jsonl", sampling)
+        run_rollouts(HFEngine(tiny, name="other"), reqs, tmp_path / "e.jsonl", sampling, progress=False)
+    # the data-parallel path takes an engine too (one process here)
+    store = rollouts_distributed(HFEngine(tiny, batch_size=2), reqs, tmp_path / "d.jsonl", sampling, ranks=Ranks())
+    assert {r.id: (r.response, r.item_seed, r.model) for r in store} == {r.id: (r.response, r.item_seed, r.model)
+                                                                         for r in ref}

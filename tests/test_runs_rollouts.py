@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from persona_axes.engines.base import Engine, EngineReply
 from persona_axes.runs import rollouts as R
 from persona_axes.runs.datasets import load_default_prompts, load_questions, load_roles, load_traits
 from persona_axes.errors import InvalidInputError
@@ -43,16 +44,18 @@ def make_record(req, response: str = "Arr.", sampling=GREEDY, model="tiny-llama"
 
 
 class CountingGenerate:
-    """Wraps rollouts._generate_batch and records which request ids it was asked to generate."""
+    """Wraps rollouts._generate_batch (the engine's next group of replies) and records which request ids were
+    generated."""
 
     def __init__(self, monkeypatch):
         self.asked: list[str] = []
         self._orig = R._generate_batch
         monkeypatch.setattr(R, "_generate_batch", self)
 
-    def __call__(self, be, requests, rendered, sampling, seeds):
-        self.asked += [r.id for r in requests]
-        return self._orig(be, requests, rendered, sampling, seeds)
+    def __call__(self, stream):
+        replies = self._orig(stream)
+        self.asked += [x.id for x in replies or ()]
+        return replies
 
 
 class FakeJudge:
@@ -90,6 +93,61 @@ def test_run_rollouts_records_everything(tiny, tmp_path):
     # a second run generates nothing
     rep = R.run_rollouts(tiny, reqs, store, GREEDY, batch_size=4, progress=False)
     assert (rep.generated, rep.skipped) == (0, len(reqs))
+
+
+class ScriptedEngine(Engine):
+    """An engine that answers one request per group, in reverse order; ``drop``/``stray`` make it misbehave."""
+
+    name = "scripted/v1"
+
+    def __init__(self, drop: bool = False, stray: bool = False, twice: bool = False):
+        self.drop, self.stray, self.twice, self.seen = drop, stray, twice, []
+
+    def stream(self, requests, sampling=None):
+        self.seen += list(requests)
+        for r in reversed(requests[1:] if self.drop else requests):
+            yield [EngineReply(r.id, f"reply to {r.messages[-1]['content']} #{r.seed}", 3, "stop")]
+        if self.stray:
+            yield [EngineReply("not-asked", "?", 1, "stop")]
+        if self.twice:
+            yield [EngineReply(requests[0].id, "again", 1, "stop")] * 2
+
+
+def test_run_rollouts_takes_any_engine_and_stores_its_replies_as_they_come(tmp_path):
+    reqs = small_requests()[:5]
+    s = SamplingConfig(max_new_tokens=6, temperature=0.8, seed=2)
+    engine = ScriptedEngine()
+    rep = R.run_rollouts(engine, reqs, tmp_path / "r.jsonl", s, progress=False)
+    assert (rep.generated, rep.skipped) == (5, 0)
+    assert [x.id for x in engine.seen] == [r.id for r in reqs]
+    assert all(x.seed == R.derive_seed(2, x.id) and list(x.messages) == r.messages()
+               for x, r in zip(engine.seen, reqs))
+    recs = R.RolloutStore(tmp_path / "r.jsonl").records()
+    assert [r.id for r in recs] == [r.id for r in reqs[::-1]]  # appended in the order the engine finished them
+    for rec in recs:
+        assert rec.model == "scripted/v1" and rec.sampling == s.to_dict() and rec.item_seed == R.derive_seed(2, rec.id)
+        assert rec.response == f"reply to {rec.question} #{rec.item_seed}" and rec.created.endswith("+00:00")
+    again = ScriptedEngine()
+    rep = R.run_rollouts(again, small_requests()[:7], tmp_path / "r.jsonl", s, progress=False)
+    assert (rep.generated, rep.skipped) == (2, 5) and [x.id for x in again.seen] == [r.id for r in small_requests()[5:7]]
+    other = ScriptedEngine()
+    other.name = "other"
+    with pytest.raises(InvalidInputError, match="model 'scripted/v1' there"):
+        R.run_rollouts(other, reqs, tmp_path / "r.jsonl", s, progress=False)
+
+
+def test_an_engine_that_drops_or_invents_replies_is_an_error_and_keeps_what_it_gave(tmp_path):
+    reqs = small_requests()[:4]
+    with pytest.raises(RuntimeError, match="no reply for 1 of 4"):
+        R.run_rollouts(ScriptedEngine(drop=True), reqs, tmp_path / "a.jsonl", progress=False)
+    assert R.RolloutStore(tmp_path / "a.jsonl").completed_ids() == {r.id for r in reqs[1:]}
+    with pytest.raises(RuntimeError, match="not-asked"):
+        R.run_rollouts(ScriptedEngine(stray=True), reqs, tmp_path / "b.jsonl", progress=False)
+    assert R.RolloutStore(tmp_path / "b.jsonl").completed_ids() == {r.id for r in reqs}
+    with pytest.raises(RuntimeError, match="already answered"):
+        R.run_rollouts(ScriptedEngine(twice=True), reqs, tmp_path / "c.jsonl", progress=False)
+    stored = {r.id: r.response for r in R.RolloutStore(tmp_path / "c.jsonl")}
+    assert len(stored) == 4 and stored[reqs[0].id].startswith("reply to ")  # the duplicate was never written
 
 
 def test_resume_generates_only_missing_ids(tiny, tmp_path, monkeypatch):

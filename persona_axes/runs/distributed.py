@@ -50,63 +50,12 @@ from persona_axes.activations.extraction import extract
 from persona_axes.core import check_int
 from persona_axes.errors import InvalidInputError
 from persona_axes.runs.requests import RolloutRequest
-from persona_axes.engines.base import Engine, EngineRequest
-from persona_axes.runs.requests import derive_seed
-from persona_axes.runs.rollouts import RolloutRunReport, run_rollouts
-from persona_axes.runs.store import Rollout, RolloutStore
+from persona_axes.runs.rollouts import run_rollouts
+from persona_axes.runs.store import RolloutStore
 from persona_axes.steering.generation import SamplingConfig
 
-__all__ = ["engine_rollouts", "Ranks", "init_ranks", "chunk_owner", "rank_chunks", "shard_path", "extract_distributed",
+__all__ = ["Ranks", "init_ranks", "chunk_owner", "rank_chunks", "shard_path", "extract_distributed",
            "merge_extraction", "rollouts_distributed", "replica_max_memory", "main"]
-
-
-def engine_rollouts(
-    engine: Engine,
-    requests: Sequence[RolloutRequest],
-    store: RolloutStore | str | os.PathLike,
-    sampling: SamplingConfig | None = None,
-    *,
-    progress: bool = False,
-) -> RolloutRunReport:
-    """:func:`~persona_axes.runs.rollouts.run_rollouts` on any :class:`~persona_axes.engines.base.Engine` (e.g. an
-    :class:`~persona_axes.engines.openai_http.OpenAIEngine`): every request whose id is not in ``store`` yet is
-    sent with its own seed ``derive_seed(sampling.seed, id)``, and every reply is appended (flushed, fsynced) as
-    soon as the engine hands it out, so a killed run loses only the replies in flight and a rerun skips the rest.
-    Stop-gap until ``run_rollouts`` takes an engine itself; same store rules (one run per store)."""
-    import time
-    from datetime import datetime, timezone
-
-    from tqdm.auto import tqdm
-
-    from persona_axes.engines.base import check_sampling
-
-    if not isinstance(engine, Engine):
-        raise InvalidInputError(f"engine must be an Engine (HFEngine, OpenAIEngine), got {type(engine).__name__}")
-    sampling = check_sampling(sampling)
-    store = store if isinstance(store, RolloutStore) else RolloutStore(store)
-    requests = list(requests)
-    if not requests or not all(isinstance(r, RolloutRequest) for r in requests):
-        raise InvalidInputError("requests must be a non-empty list of RolloutRequest")
-    if len({r.id for r in requests}) != len(requests):
-        raise InvalidInputError("request ids must be unique")
-    t0 = time.perf_counter()
-    with store.writing():
-        sampling_dict = sampling.to_dict()
-        for req in requests:
-            store.check_compatible(req, engine.name, sampling_dict)
-        todo = {r.id: r for r in requests if r.id not in store}
-        seeds = {rid: derive_seed(sampling.seed, rid) for rid in todo}
-        bar = tqdm(total=len(todo), desc="rollouts", unit="reply", disable=not progress)
-        try:
-            for replies in engine.stream([EngineRequest(r.id, tuple(r.messages()), seeds[r.id])
-                                          for r in todo.values()], sampling) if todo else ():
-                created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                store.append([Rollout.of(todo[x.id], response=x.text, model=engine.name, sampling=dict(sampling_dict),
-                                         item_seed=seeds[x.id], created=created) for x in replies])
-                bar.update(len(replies))
-        finally:
-            bar.close()
-    return RolloutRunReport(len(todo), len(requests) - len(todo), time.perf_counter() - t0)
 
 
 @dataclass(frozen=True)
@@ -247,14 +196,13 @@ def rollouts_distributed(
     progress: bool = False,
 ) -> RolloutStore | None:
     """Run this rank's share of ``requests`` (``i % world_size == rank``) into its own store, then (rank 0) append
-    every shard's records to ``store`` in request order. Returns the main store on rank 0, None elsewhere."""
+    every shard's records to ``store`` in request order. Returns the main store on rank 0, None elsewhere.
+    ``model``: anything :func:`~persona_axes.runs.rollouts.run_rollouts` takes (a loaded model or any Engine)."""
     ranks = init_ranks() if ranks is None else ranks
     requests = list(requests)
     main_store = RolloutStore(store)
     mine = [r for i, r in enumerate(requests) if i % ranks.world_size == ranks.rank and r.id not in main_store]
-    if mine and isinstance(model, Engine):
-        engine_rollouts(model, mine, shard_path(store, ranks), sampling, progress=progress)
-    elif mine:
+    if mine:
         run_rollouts(model, mine, shard_path(store, ranks), sampling, batch_size=batch_size, progress=progress)
     ranks.barrier()
     out = None

@@ -2,12 +2,13 @@
 resumably, and score them with a judge.
 
 :func:`run_rollouts` skips every id already in the store, so running it again resumes where it stopped and never
-regenerates anything already written. Replies come from the one generation path,
-:func:`~persona_axes.steering.generation.generate_replies`, with each request's own seed
-``item_seed = derive_seed(sampling.seed, id)`` (recorded in the record): with ``temperature > 0`` a reply does not
-depend on which other requests share its batch, on the batch size, or on whether the run was interrupted and
-resumed (up to the tiny floating-point differences different padding can cause). Greedy decoding needs no seed;
-``item_seed`` is recorded all the same.
+regenerates anything already written. Replies come from a rollout engine (:mod:`persona_axes.engines`): a loaded
+model is wrapped in :class:`~persona_axes.engines.hf.HFEngine`, the one in-process generation path
+(:func:`~persona_axes.steering.generation.generate_replies`); an HTTP engine fills the same store. Every request
+gets its own seed ``item_seed = derive_seed(sampling.seed, id)`` (recorded in the record): with ``temperature > 0``
+a reply does not depend on which other requests share its batch, on the batch size, or on whether the run was
+interrupted and resumed (up to the tiny floating-point differences different padding can cause). Greedy decoding
+needs no seed; ``item_seed`` is recorded all the same.
 
 A store belongs to one run: a record whose id is asked for again with another model, other sampling settings,
 or another system prompt or question raises :class:`~persona_axes.errors.InvalidInputError` - use another path.
@@ -24,16 +25,16 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from persona_axes.activations.batch import render_all
-from persona_axes.activations.readers.base import as_backend
 from persona_axes.core import RolloutKind, check_float, check_int
+from persona_axes.engines.base import Engine, EngineReply, EngineRequest
+from persona_axes.engines.hf import HFEngine
 from persona_axes.errors import InvalidInputError, JudgeError
 from persona_axes.judges.base import RoleItem, TraitItem
 from persona_axes.runs.datasets import Role, Trait, load_roles, load_traits
@@ -52,7 +53,7 @@ from persona_axes.runs.requests import (  # noqa: F401  (re-exported for older i
     trait_requests,
 )
 from persona_axes.runs.store import Rollout, RolloutStore
-from persona_axes.steering.generation import SamplingConfig, generate_replies
+from persona_axes.steering.generation import SamplingConfig
 
 __all__ = [
     "KINDS", "SPLITS", "RolloutRequest", "Rollout", "RolloutStore", "RolloutRunReport", "RolloutPreset", "PRESETS",
@@ -75,10 +76,10 @@ class RolloutRunReport:
         return self.generated / self.seconds if self.seconds > 0 else 0.0
 
 
-def _generate_batch(be: Any, requests: Sequence[RolloutRequest], rendered: Sequence[Any], sampling: SamplingConfig,
-                    seeds: Sequence[int]) -> list[str]:
-    """Replies for one batch of requests (``rendered`` = their rendered prompts, ``seeds`` = their item seeds)."""
-    return generate_replies(be, list(rendered), sampling, seeds=list(seeds), batch_size=len(rendered))
+def _generate_batch(stream: Iterator[list[EngineReply]]) -> list[EngineReply] | None:
+    """The engine's next group of finished replies (None when it has answered every request): the one place the
+    rollout loop waits for generation (tests wrap it to slow a run down or to see what was generated)."""
+    return next(stream, None)
 
 
 def run_rollouts(
@@ -90,11 +91,17 @@ def run_rollouts(
     batch_size: int = 16,
     progress: bool = True,
 ) -> RolloutRunReport:
-    """Generate a reply for every request whose id is not in ``store`` yet, and append them batch by batch.
+    """Generate a reply for every request whose id is not in ``store`` yet, and append them as they finish.
+
+    ``model`` is a LoadedModel, Backend or ``(model, tokenizer)`` pair - generated in this process by
+    ``HFEngine(model, batch_size=batch_size)``, longest prompt first, in batches of ``batch_size`` - or any
+    :class:`~persona_axes.engines.base.Engine` (e.g. an :class:`~persona_axes.engines.openai_http.OpenAIEngine`),
+    which batches as it likes (``batch_size`` is then not used). Records carry the engine's ``name`` as their model.
 
     Requests already in the store are skipped (nothing written is ever regenerated); they must come from the same
-    run (model name, ``sampling``) and have the same prompt and question, else :class:`InvalidInputError`.  The
-    rest are generated longest prompt first, in batches of ``batch_size`` (see the module docstring for seeds).
+    run (model name, ``sampling``) and have the same prompt and question, else :class:`InvalidInputError`. Every
+    group of replies the engine hands out is appended (flushed, fsynced) at once, so a killed run loses only the
+    replies in flight (see the module docstring for seeds).
     """
     sampling = SamplingConfig() if sampling is None else sampling
     if not isinstance(sampling, SamplingConfig):
@@ -115,14 +122,14 @@ def run_rollouts(
         seen.add(req.id)
 
     t0 = time.perf_counter()
-    be = as_backend(model)
+    engine = model if isinstance(model, Engine) else HFEngine(model, batch_size=batch_size)
     with store.writing():
-        return _run_locked(be, requests, store, sampling, batch_size, progress, t0)
+        return _run_locked(engine, requests, store, sampling, progress, t0)
 
 
-def _run_locked(be: Any, requests: list[RolloutRequest], store: RolloutStore, sampling: SamplingConfig,
-                batch_size: int, progress: bool, t0: float) -> RolloutRunReport:
-    name = str(be.info.name)
+def _run_locked(engine: Engine, requests: list[RolloutRequest], store: RolloutStore, sampling: SamplingConfig,
+                progress: bool, t0: float) -> RolloutRunReport:
+    name = str(engine.name)
     sampling_dict = sampling.to_dict()
     for req in requests:
         store.check_compatible(req, name, sampling_dict)
@@ -131,21 +138,28 @@ def _run_locked(be: Any, requests: list[RolloutRequest], store: RolloutStore, sa
     if not todo:
         return RolloutRunReport(0, skipped, time.perf_counter() - t0)
 
-    rendered = render_all(be.tokenizer, [r.messages() for r in todo], add_generation_prompt=True)
-    order = sorted(range(len(todo)), key=lambda i: (-len(rendered[i]), todo[i].id))
+    pending = {r.id: r for r in todo}
+    seeds = {r.id: derive_seed(sampling.seed, r.id) for r in todo}
+    stream = iter(engine.stream([EngineRequest(r.id, tuple(r.messages()), seeds[r.id]) for r in todo], sampling))
     bar = tqdm(total=len(todo), desc="rollouts", unit="reply", disable=not progress)
     try:
-        for b0 in range(0, len(order), batch_size):
-            idx = order[b0 : b0 + batch_size]
-            reqs = [todo[i] for i in idx]
-            seeds = [derive_seed(sampling.seed, r.id) for r in reqs]
-            replies = _generate_batch(be, reqs, [rendered[i] for i in idx], sampling, seeds)
+        while (replies := _generate_batch(stream)) is not None:
+            ids = [x.id for x in replies]
+            bad = [i for i in ids if i not in pending] or sorted({i for i in ids if ids.count(i) > 1})
+            if bad:  # an engine bug; never a silent duplicate or stray record in the store
+                raise RuntimeError(f"engine {name!r} returned a reply for request(s) {bad[:3]} it was not asked "
+                                   f"for or had already answered")
             created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            store.append([Rollout.of(r, response=text, model=name, sampling=dict(sampling_dict), item_seed=seed,
-                                     created=created) for r, text, seed in zip(reqs, replies, seeds)])
-            bar.update(len(reqs))
+            store.append([Rollout.of(pending.pop(x.id), response=x.text, model=name, sampling=dict(sampling_dict),
+                                     item_seed=seeds[x.id], created=created) for x in replies])
+            bar.update(len(replies))
     finally:
         bar.close()
+        getattr(stream, "close", lambda: None)()  # an engine stopped early releases what it holds
+    if pending:  # an engine that drops requests is a bug; what it did answer is saved and a rerun resumes
+        raise RuntimeError(f"engine {name!r} returned no reply for {len(pending)} of {len(todo)} request(s), e.g. "
+                           f"{list(pending)[:3]} (the {len(todo) - len(pending)} replies it gave are saved in "
+                           f"{store.path})")
     return RolloutRunReport(len(todo), skipped, time.perf_counter() - t0)
 
 
