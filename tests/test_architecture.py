@@ -13,7 +13,7 @@ import persona_axes as pa
 PACKAGE = Path(pa.__file__).resolve().parent
 
 #: Bottom to top. A module may import from its own level or any level below, never above.
-LEVELS = ["errors", "core", "progress", "files", "model", "activations", "vectors", "export", "steering", "judges", "engines",
+LEVELS = ["errors", "core", "stats", "progress", "files", "model", "activations", "vectors", "export", "steering", "judges", "engines",
           "runs", "evals", "viz", "cli", "__main__", "__init__"]
 MAX_LINES = 420
 

@@ -16,7 +16,7 @@ import torch
 
 from persona_axes.core import ModelInfo
 from persona_axes.errors import DataSchemaError, FileFormatError, InvalidInputError
-from persona_axes.evals import stats
+from persona_axes import stats
 from persona_axes.evals.conditions import AxisSetup, Condition, parse_conditions
 from persona_axes.evals.data import (Conversation, JailbreakPrompt, load_conversations, load_jailbreak_prompts,
                                      load_labelled_replies, load_mc_items, load_personas)

@@ -31,7 +31,7 @@ from persona_axes.core import check_int
 from persona_axes.errors import InvalidInputError
 from persona_axes.evals.conditions import AxisSetup, Condition
 from persona_axes.evals.data import load_mc_items
-from persona_axes.evals.stats import Estimate, bootstrap
+from persona_axes.stats import Estimate, bootstrap
 from persona_axes.evals.store import ResultStore
 from persona_axes.files import atomic_write
 

@@ -27,7 +27,7 @@ from persona_axes.errors import InvalidInputError
 from persona_axes.evals.conditions import AxisSetup, Condition
 from persona_axes.evals.data import Conversation, load_conversations
 from persona_axes.evals.simulators import ScriptedUser, UserSimulator
-from persona_axes.evals.stats import Estimate, bootstrap, slope
+from persona_axes.stats import Estimate, bootstrap, slope
 from persona_axes.evals.store import ResultStore
 from persona_axes.steering.generation import SamplingConfig, generate_replies
 from persona_axes.steering.monitor import monitor_transcript

@@ -30,7 +30,7 @@ from persona_axes.core import check_int
 from persona_axes.errors import InvalidInputError
 from persona_axes.evals.conditions import AxisSetup, Condition
 from persona_axes.evals.data import JailbreakPrompt, load_jailbreak_prompts, load_labelled_replies
-from persona_axes.evals.stats import Estimate, agreement, bootstrap, relative_reduction
+from persona_axes.stats import Estimate, agreement, bootstrap, relative_reduction
 from persona_axes.evals.store import ResultStore
 from persona_axes.judges.refusal import LexicalRefusalJudge, RefusalItem, RefusalJudge
 from persona_axes.steering.generation import SamplingConfig, generate_replies

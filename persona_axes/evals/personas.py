@@ -31,7 +31,7 @@ from persona_axes.core import check_int, unit
 from persona_axes.errors import InvalidInputError
 from persona_axes.evals.conditions import AxisSetup
 from persona_axes.evals.data import Persona, load_jailbreak_prompts, load_personas
-from persona_axes.evals.stats import spearman
+from persona_axes.stats import spearman
 from persona_axes.evals.store import ResultStore
 from persona_axes.judges.base import TraitItem
 from persona_axes.judges.embedding import EmbeddingJudge

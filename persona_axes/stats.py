@@ -1,4 +1,4 @@
-"""The statistics the evaluations report, each defined once: percentile-bootstrap confidence intervals, least-squares
+"""The statistics the pipeline and the evaluations report, each defined once: percentile-bootstrap confidence intervals, least-squares
 slopes, rates, relative reductions, judge agreement (accuracy, Cohen's kappa, AUROC) and Spearman rank correlation
 with a permutation p-value. Plain numpy; every resampling takes a ``seed`` so numbers reproduce exactly."""
 
