@@ -53,11 +53,15 @@ class Positions(Choice):
 
 
 class Unit(Choice):
-    """How a steering coefficient is measured: raw units, along the unit vector, or relative to a reference norm."""
+    """How a steering coefficient is measured: raw units, along the unit vector, relative to the default replies'
+    mean norm, in standard deviations of default projections, or in default-minus-opposite gaps (defined once in
+    :mod:`persona_axes.vectors.units`)."""
 
     RAW = "raw"
     UNIT = "unit"
     REL = "rel"
+    SD = "sd"
+    GAP = "gap"
 
 
 class Reduce(Choice):
