@@ -65,11 +65,15 @@ class Unit(Choice):
 
 
 class Reduce(Choice):
-    """How capture reduces the tokens of one message: their mean, the last one, or all of them (one row each)."""
+    """How capture reduces the tokens of one message: their mean, the last one, all of them (one row each), the
+    mean of the first ``first_n``, or the token just before the content (``prompt_end``: for an assistant reply,
+    the last token of the generation prompt, whose output predicts the reply's first token)."""
 
     MEAN = "mean"
     LAST = "last"
     ALL = "all"
+    FIRST = "first"
+    PROMPT_END = "prompt_end"
 
 
 class Which(Choice):

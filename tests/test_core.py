@@ -17,7 +17,7 @@ from persona_axes.errors import InvalidInputError, LayerOutOfRangeError, ModelMi
 
 def test_enums_are_their_strings():
     assert Positions.PROMPT == "prompt" and str(Unit.REL) == "rel"
-    assert Reduce.values() == ("mean", "last", "all")
+    assert Reduce.values() == ("mean", "last", "all", "first", "prompt_end")
     assert as_choice(Positions, "generated", "positions") is Positions.GENERATED
     assert as_choice(CapKind, CapKind.FLOOR, "kind") is CapKind.FLOOR
 
