@@ -16,7 +16,9 @@ from typing import Any
 from persona_axes.errors import DataSchemaError
 
 __all__ = ["DATA_DIR", "Conversation", "JailbreakPrompt", "LabelledReply", "Persona", "load_conversations",
-           "load_jailbreak_prompts", "load_labelled_replies", "load_mc_items", "load_personas"]
+           "load_jailbreak_prompts", "load_labelled_replies", "load_mc_items", "load_personas", "RoleplayCharacter",
+           "HeldoutQuestion", "HeldoutQuestions", "load_heldout_roleplay", "load_heldout_questions",
+           "HELDOUT_ROLEPLAY_SCHEMA", "HELDOUT_QUESTIONS_SCHEMA"]
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "evals"
 
@@ -165,3 +167,85 @@ def load_personas(path: str | os.PathLike | None = None) -> tuple[list[Persona],
     if not isinstance(questions, list) or not questions or not all(isinstance(q, str) and q.strip() for q in questions):
         raise DataSchemaError(f"{label}: needs 'matching_questions', a non-empty list of strings")
     return out, list(questions)
+
+
+
+#: Schema keys of the held-out evaluation files (written for evaluation only; nothing is ever fitted on them).
+HELDOUT_ROLEPLAY_SCHEMA = "persona_axes.heldout_roleplay/1"
+HELDOUT_QUESTIONS_SCHEMA = "persona_axes.heldout_questions/1"
+
+
+def _schema(doc: dict, expected: str, label: str) -> None:
+    if doc.get("schema") != expected:
+        raise DataSchemaError(f"{label}: 'schema' is {doc.get('schema')!r}, expected {expected!r}; this loader reads "
+                              "only files of that schema")
+
+
+@dataclass(frozen=True)
+class RoleplayCharacter:
+    """A held-out role-play character: ``system_prompt`` imposes it, ``description`` (one sentence) tells the judge
+    what playing it means; ``family`` groups characters (profession, fantasy, historical, animal, villain, ...)."""
+
+    name: str
+    family: str
+    description: str
+    system_prompt: str
+
+
+def load_heldout_roleplay(path: str | os.PathLike | None = None) -> list[RoleplayCharacter]:
+    """The held-out role-play characters (default: 20 in 5 families, none of them in ``data/roles.json``)."""
+    entries, doc, label = _read("heldout_roleplay.json", path, "characters")
+    _schema(doc, HELDOUT_ROLEPLAY_SCHEMA, label)
+    out = [RoleplayCharacter(*(_field(e, k, str, label, i) for k in ("name", "family", "description", "system_prompt")))
+           for i, e in enumerate(entries)]
+    _unique([c.name for c in out], label)
+    return out
+
+
+@dataclass(frozen=True)
+class HeldoutQuestion:
+    """One held-out question; ``answers`` (checkable questions only) are accepted answer strings: a reply is
+    correct when it contains one of them, case-insensitively (:meth:`correct`)."""
+
+    id: str
+    text: str
+    answers: tuple[str, ...] = ()
+
+    def correct(self, reply: str) -> bool:
+        low = reply.casefold()
+        return any(a.casefold() in low for a in self.answers)
+
+
+@dataclass(frozen=True)
+class HeldoutQuestions:
+    """The held-out question sets: ordinary assistant requests, checkable questions, identity questions."""
+
+    ordinary: tuple[HeldoutQuestion, ...]
+    checkable: tuple[HeldoutQuestion, ...]
+    identity: tuple[HeldoutQuestion, ...]
+
+
+def load_heldout_questions(path: str | os.PathLike | None = None) -> HeldoutQuestions:
+    """The held-out questions (default: 18 ordinary, 18 checkable with answers, 10 identity); every set must be a
+    non-empty list, every checkable question needs ``answers``, a non-empty list of non-empty strings."""
+    _, doc, label = _read("heldout_questions.json", path, "ordinary")
+    _schema(doc, HELDOUT_QUESTIONS_SCHEMA, label)
+    sets = {}
+    for key in ("ordinary", "checkable", "identity"):
+        entries = doc.get(key)
+        if not isinstance(entries, list) or not entries:
+            raise DataSchemaError(f"{label}: needs a non-empty list under {key!r}")
+        qs = []
+        for i, e in enumerate(entries):
+            answers: tuple[str, ...] = ()
+            if key == "checkable":
+                raw = _field(e, "answers", list, f"{label} [{key}]", i)
+                if not raw or not all(isinstance(a, str) and a.strip() for a in raw):
+                    raise DataSchemaError(f"{label} [{key}]: entry {i} needs 'answers', a non-empty list of non-empty "
+                                          "strings (a reply containing one of them counts as correct)")
+                answers = tuple(raw)
+            qs.append(HeldoutQuestion(_field(e, "id", str, f"{label} [{key}]", i),
+                                      _field(e, "text", str, f"{label} [{key}]", i), answers))
+        sets[key] = tuple(qs)
+    _unique([q.id for qs in sets.values() for q in qs], label)
+    return HeldoutQuestions(**sets)
