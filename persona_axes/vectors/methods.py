@@ -104,6 +104,34 @@ def pca_difference(pos: Activations, neg: Activations) -> torch.Tensor:
     return _orient_and_scale(top, _mean_diff64(p, n)).to(torch.float32)
 
 
+def logistic_probe(pos: torch.Tensor, neg: torch.Tensor, C: float = 1.0, *, max_iter: int = 2000,
+                   layer: int | None = None) -> tuple[torch.Tensor, float]:
+    """One layer's logistic-regression probe (pos = 1, neg = 0) on ``pos [n_pos, d]`` and ``neg [n_neg, d]``:
+    ``(w [d] float64, b)`` with the preprocessing folded in, so ``logit = w . h + b`` on raw activations ``h``.
+
+    The preprocessing and model are those described in :func:`probe_direction` (pooled centring, one scalar
+    scale, ``LogisticRegression(C=C, class_weight="balanced")``). ``layer`` only names the layer in errors.
+    """
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    if not C > 0:
+        raise InvalidInputError(f"C must be positive, got {C!r}")
+    at = "" if layer is None else f" at layer {layer}"
+    x = torch.cat([pos, neg]).double().numpy()  # [N, d]
+    y = [1] * pos.shape[0] + [0] * neg.shape[0]
+    mu = x.mean(0)
+    scale = float(np.sqrt(x.var(0).mean()))
+    if not scale > 0:
+        raise InvalidInputError(f"all activations are identical{at}; a probe cannot separate them")
+    clf = LogisticRegression(C=C, class_weight="balanced", max_iter=max_iter)
+    clf.fit((x - mu) / scale, y)
+    w = clf.coef_[0] / scale
+    if not np.linalg.norm(w) > 0:
+        raise InvalidInputError(f"the probe{at} learned all-zero weights (too strong regularisation?); increase C")
+    return torch.from_numpy(w), float(clf.intercept_[0] - w @ mu)
+
+
 def probe_direction(pos: Activations, neg: Activations, C: float = 1.0, *, max_iter: int = 2000) -> torch.Tensor:
     """``[n_layers, d]`` float32: the normal of a logistic-regression probe (pos = 1, neg = 0) at each layer.
 
@@ -119,28 +147,12 @@ def probe_direction(pos: Activations, neg: Activations, C: float = 1.0, *, max_i
     max-margin direction, which is noisier than the mean difference; smaller ``C`` pulls it towards the mean
     difference (the limit ``C -> 0``).
     """
-    import numpy as np
-    from sklearn.linear_model import LogisticRegression
-
     if not C > 0:
         raise InvalidInputError(f"C must be positive, got {C!r}")
     p, n = _pair(pos, neg)
-    y = [1] * p.shape[0] + [0] * n.shape[0]
     out = torch.empty(p.shape[1], p.shape[2], dtype=torch.float64)
     for L in range(p.shape[1]):
-        x = torch.cat([p[:, L], n[:, L]]).double().numpy()  # [N, d]
-        mu = x.mean(0)
-        scale = float(np.sqrt(x.var(0).mean()))
-        if not scale > 0:
-            raise InvalidInputError(f"all activations are identical at layer {L}; a probe cannot separate them")
-        clf = LogisticRegression(C=C, class_weight="balanced", max_iter=max_iter)
-        clf.fit((x - mu) / scale, y)
-        w = torch.from_numpy(clf.coef_[0] / scale)
-        if not w.norm() > 0:
-            raise InvalidInputError(
-                f"the probe at layer {L} learned all-zero weights (too strong regularisation?); increase C"
-            )
-        out[L] = w
+        out[L] = logistic_probe(p[:, L], n[:, L], C, max_iter=max_iter, layer=L)[0]
     return _orient_and_scale(out, _mean_diff64(p, n)).to(torch.float32)
 
 
@@ -217,5 +229,5 @@ def role_vectors(acts: Activations, key: str = "role", min_count: int = 1,
     )
 
 
-__all__ = ["TRAIT_METHODS", "all_layer_values", "mean_difference", "pca_difference", "probe_direction",
+__all__ = ["TRAIT_METHODS", "all_layer_values", "logistic_probe", "mean_difference", "pca_difference", "probe_direction",
            "trait_vector", "mean_vector", "role_vectors"]
