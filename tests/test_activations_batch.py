@@ -357,3 +357,62 @@ def test_public_arguments_are_checked_at_the_boundary(tiny, tmp_path):
     with pytest.raises(InvalidInputError, match="NaN"):
         acts.save(tmp_path / "nan.safetensors")
     assert not (tmp_path / "nan.safetensors").exists()
+
+
+def _hidden_per_layer(loaded, ids):
+    """``[n_layers, seq, d]`` block outputs of one unpadded sequence: output_hidden_states[L + 1], and a hook on
+    the last block (its hidden_states entry is taken after the final norm)."""
+    last = {}
+    h = loaded.layers.blocks[-1].register_forward_hook(lambda mod, a, o: last.setdefault("o", o[0] if isinstance(o, tuple) else o))
+    try:
+        with torch.no_grad():
+            hs = loaded.model(torch.tensor([list(ids)]), output_hidden_states=True).hidden_states
+    finally:
+        h.remove()
+    n = loaded.layers.n_layers
+    return torch.stack([hs[L + 1][0] for L in range(n - 1)] + [last["o"][0]])
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_first_n_reply_tokens_equal_independent_mean(tiny, padding_side):
+    convs = conversations(6)
+    acts = pa.capture(tiny, convs, reduce="first", first_n=3, batch_size=4, padding_side=padding_side, progress=False)
+    assert acts.reduction == "first"
+    for i, conv in enumerate(convs):
+        r = pa.render_chat(tiny.tokenizer, conv)
+        s = [s for s in r.spans if s.role == "assistant"][-1]
+        ref = _hidden_per_layer(tiny, r.input_ids)[:, s.start : s.start + 3].mean(1)
+        assert torch.allclose(acts.values[i], ref, atol=1e-5, rtol=1e-5)
+        assert acts.items[i]["n_reduced"] == 3
+    # a window longer than every reply is the reply mean
+    long = pa.capture(tiny, convs, reduce="first", first_n=10_000, progress=False)
+    mean = pa.capture(tiny, convs, reduce="mean", progress=False)
+    assert torch.allclose(long.values, mean.values, atol=1e-6)
+    assert [it["n_reduced"] for it in long.items] == [it["n_tokens"] for it in mean.items]
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_prompt_end_is_the_last_generation_prompt_token(tiny, padding_side):
+    """The token before the reply's content equals the last token of the prompt rendered *without* the reply and
+    with the generation prompt (what the model saw when it started the reply), at every layer."""
+    convs = conversations(5)
+    acts = pa.capture(tiny, convs, reduce="prompt_end", batch_size=2, padding_side=padding_side, progress=False)
+    for i, conv in enumerate(convs):
+        prompt = pa.render_chat(tiny.tokenizer, conv[:-1], add_generation_prompt=True)
+        full = pa.render_chat(tiny.tokenizer, conv)
+        n = len(prompt.input_ids)
+        assert full.input_ids[:n] == prompt.input_ids  # the reply starts right after the generation prompt
+        assert acts.items[i]["position"] == n - 1
+        ref = _hidden_per_layer(tiny, prompt.input_ids)[:, -1]
+        assert torch.allclose(acts.values[i], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_new_reductions_check_their_arguments(tiny):
+    convs = conversations(2)
+    for bad in (0, -1, 2.0, "8", True):
+        with pytest.raises(InvalidInputError, match="first_n"):
+            pa.capture(tiny, convs, reduce="first", first_n=bad, progress=False)
+    with pytest.raises(SpanError, match="prompt_end"):
+        pa.capture(tiny, convs, reduce="prompt_end", which="sequence", progress=False)
+    meta = capture_mod.item_metadata([pa.render_chat(tiny.tokenizer, c) for c in convs], reduce="first", first_n=2)
+    assert [m["n_reduced"] for m in meta] == [2, 2]

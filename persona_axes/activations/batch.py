@@ -25,7 +25,7 @@ from persona_axes.core import PaddingSide, Reduce, Which, as_choice, check_int
 from persona_axes.errors import ConversationError, InvalidInputError, PersonaAxesError, SpanError
 from persona_axes.model.chat import MessageSpan, RenderedChat, render_chat
 
-Reduction = Literal["mean", "last", "all"]
+Reduction = Literal["mean", "last", "all", "first", "prompt_end"]
 REDUCTIONS = Reduce.values()
 
 
@@ -38,6 +38,11 @@ def span_selector(which: Any) -> str | int:
     if isinstance(which, Which):
         which = which.value
     return "messages" if which == Which.ALL.value else which
+
+
+def check_first_n(first_n: Any) -> int:
+    """``first_n``: a positive integer, used by ``reduce="first"`` only (the default 8 is ignored by the others)."""
+    return check_int(first_n, "first_n", minimum=1)
 
 
 def check_options(reduce: Any, padding_side: Any, batch_size: Any, flags: dict[str, Any]) -> tuple[Reduce, PaddingSide, int]:
@@ -88,6 +93,9 @@ def render_all(
 
 def _plan(rendered: list[RenderedChat], which: str | int, reduce: str) -> tuple[list[list[_Item]], int]:
     """Items per conversation, and the total number of output rows."""
+    if reduce == "prompt_end" and which == "sequence":
+        raise SpanError("reduce='prompt_end' reads the token before a message's content; 'sequence' has none before "
+                        "it: choose a message span (e.g. which='last_assistant')")
     plan: list[list[_Item]] = []
     row = 0
     for ci, r in enumerate(rendered):
@@ -102,6 +110,9 @@ def _plan(rendered: list[RenderedChat], which: str | int, reduce: str) -> tuple[
                     f"conversation {ci}: message {s.index} ({s.role}) has no content tokens to reduce over; "
                     "drop empty messages or choose another span"
                 )
+            if reduce == "prompt_end" and s.start < 1:
+                raise SpanError(f"conversation {ci}: message {s.index} ({s.role}) starts at the first token, so "
+                                "there is no prompt token before it for reduce='prompt_end'")
             n_out = len(s) if reduce == "all" else 1
             items.append(_Item(conv=ci, span=s, out=row, n_out=n_out))
             row += n_out
@@ -125,13 +136,19 @@ def check_metadata(metadata: Sequence[Mapping[str, Any]] | None, n: int) -> None
 
 
 def _plan_items(
-    plan: list[list[_Item]], n_rows: int, reduce: str, metadata: Sequence[Mapping[str, Any]] | None
+    plan: list[list[_Item]], n_rows: int, reduce: str, metadata: Sequence[Mapping[str, Any]] | None,
+    first_n: int = 8,
 ) -> list[dict[str, Any]]:
-    """One metadata dict per output row, in row order."""
+    """One metadata dict per output row, in row order (``reduce="first"`` adds ``n_reduced``, the tokens averaged;
+    ``"prompt_end"`` adds ``position``, the token read)."""
     rows: list[dict[str, Any]] = [None] * n_rows  # type: ignore[list-item]
     for ci, items in enumerate(plan):
         for it in items:
             base = _item_meta(it, metadata[ci] if metadata is not None else None)
+            if reduce == "first":
+                base["n_reduced"] = min(first_n, len(it.span))
+            elif reduce == "prompt_end":
+                base["position"] = it.span.start - 1
             if reduce == "all":
                 for k in range(it.n_out):
                     rows[it.out + k] = {**base, "position": it.span.start + k}
@@ -142,15 +159,16 @@ def _plan_items(
 
 def item_metadata(
     rendered: Sequence[RenderedChat], which: str | int = "last_assistant", reduce: Reduction = "mean",
-    metadata: Sequence[Mapping[str, Any]] | None = None,
+    metadata: Sequence[Mapping[str, Any]] | None = None, first_n: int = 8,
 ) -> list[dict[str, Any]]:
     """The item metadata :func:`capture` would give these rendered conversations, one dict per output row, without
     running the model (``conversation`` is the index in ``rendered``; ``metadata[i]`` is merged into conversation
     ``i``'s items)."""
-    reduce = as_choice(Reduce, reduce, "reduce").value
+    red = as_choice(Reduce, reduce, "reduce")
+    first_n = check_first_n(first_n)
     check_metadata(metadata, len(rendered))
-    plan, n_rows = _plan(list(rendered), span_selector(which), reduce)
-    return _plan_items(plan, n_rows, reduce, metadata)
+    plan, n_rows = _plan(list(rendered), span_selector(which), red.value)
+    return _plan_items(plan, n_rows, red.value, metadata, first_n)
 
 
 def _item_meta(item: _Item, extra: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -173,6 +191,7 @@ def capture(
     layers: int | Iterable[int] | None = None,
     which: str | int | Which = "last_assistant",
     reduce: Reduction | Reduce = "mean",
+    first_n: int = 8,
     batch_size: int = 16,
     padding_side: Literal["right", "left"] | PaddingSide = "right",
     add_generation_prompt: bool = False,
@@ -191,9 +210,13 @@ def capture(
             ``"user"``, ``"system"``, ``"messages"`` (alias ``"all"``), ``"sequence"`` or a message index (a
             :class:`~persona_axes.core.Which` member works too). Each selected span is one item (with
             ``reduce="all"``, each of its tokens is).
-        reduce: ``"mean"`` over the span's content tokens, ``"last"`` token, or ``"all"`` tokens (opt-in); a
-            :class:`~persona_axes.core.Reduce` or its string. Results are float32 whatever the model's dtype: each
+        reduce: ``"mean"`` over the span's content tokens, ``"last"`` token, ``"all"`` tokens (opt-in), ``"first"``
+            (the mean of the first ``first_n`` content tokens, all of them if fewer) or ``"prompt_end"`` (the one
+            token before the content: with ``which="last_assistant"``, the last token of the generation prompt,
+            i.e. where the reply is decided before any of it is written); a :class:`~persona_axes.core.Reduce` or
+            its string. Results are float32 whatever the model's dtype: each
             layer's hidden states are reduced in float32 from the values the model computed in its own dtype.
+        first_n: how many leading content tokens ``reduce="first"`` averages (a positive integer; default 8).
         batch_size: conversations per forward pass; batches are sorted by length to limit padding.
         padding_side: where padding goes; both give the same result (positions ignore padding).
         metadata: one dict per conversation, merged into each of its items' metadata.
@@ -201,6 +224,7 @@ def capture(
     """
     red, pad_side, batch_size = check_options(reduce, padding_side, batch_size,
                                               {"add_generation_prompt": add_generation_prompt, "progress": progress})
+    first_n = check_first_n(first_n)
     reduce, padding_side = red.value, pad_side.value
     which = span_selector(which)
     if isinstance(conversations, (str, bytes, Mapping)) or not isinstance(conversations, Iterable):
@@ -214,7 +238,7 @@ def capture(
 
     d = be.info.hidden_size
     values = torch.empty(n_rows, len(layer_list), d, dtype=torch.float32)
-    items_meta = _plan_items(plan, n_rows, reduce, metadata)
+    items_meta = _plan_items(plan, n_rows, reduce, metadata, first_n)
     layer_pos = {L: j for j, L in enumerate(layer_list)}
 
     device = be.device
@@ -223,7 +247,7 @@ def capture(
         for batch, ids, mask, offsets in iter_batches(rendered, batch_size, padding_side, be.pad_token_id):
             width = ids.shape[1]
             rows = [(it, r * width + offsets[r]) for r, ci in enumerate(batch) for it in plan[ci]]
-            reducer = _Reducer(rows, len(batch) * width, reduce, device)
+            reducer = _Reducer(rows, len(batch) * width, reduce, device, first_n)
             targets = [it.out + k for it, _ in rows for k in range(it.n_out)]
             target_idx = torch.tensor(targets, dtype=torch.long)
 
@@ -276,19 +300,22 @@ def pad_batch(
 class _Reducer:
     """Reduces flattened hidden states ``[batch * seq, d]`` to one row per output with a single matmul or gather."""
 
-    def __init__(self, rows: list[tuple[_Item, int]], n_flat: int, reduce: str, device: torch.device):
+    def __init__(self, rows: list[tuple[_Item, int]], n_flat: int, reduce: str, device: torch.device,
+                 first_n: int = 8):
         self.reduce = reduce
         if reduce == "all":
             idx = [base + it.span.start + k for it, base in rows for k in range(it.n_out)]
             self.index = torch.tensor(idx, dtype=torch.long, device=device)
             return
-        if reduce == "last":
-            idx = [base + it.span.end - 1 for it, base in rows]
+        if reduce in ("last", "prompt_end"):
+            idx = [base + (it.span.end - 1 if reduce == "last" else it.span.start - 1) for it, base in rows]
             self.index = torch.tensor(idx, dtype=torch.long, device=device)
             return
+        self.reduce = "mean"  # "first" is a mean over a shorter window
         weights = torch.zeros(len(rows), n_flat, dtype=torch.float32)
         for j, (it, base) in enumerate(rows):
-            weights[j, base + it.span.start : base + it.span.end] = 1.0 / len(it.span)
+            end = it.span.end if reduce == "mean" else min(it.span.end, it.span.start + first_n)
+            weights[j, base + it.span.start : base + end] = 1.0 / (end - it.span.start)
         self.weights = weights.to(device)
 
     def __call__(self, flat: torch.Tensor) -> torch.Tensor:
@@ -302,5 +329,5 @@ class _Reducer:
         return flat.index_select(0, self.index).float()
 
 
-__all__ = ["capture", "check_metadata", "check_options", "item_metadata", "iter_batches", "pad_batch", "render_all",
+__all__ = ["capture", "check_first_n", "check_metadata", "check_options", "item_metadata", "iter_batches", "pad_batch", "render_all",
            "span_selector", "REDUCTIONS"]
