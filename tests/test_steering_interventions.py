@@ -267,7 +267,7 @@ STEER_BAD = [
     ("coef-2d", {"coef": torch.ones(2, 1)}, InvalidInputError, "coef must be a number or a [batch] tensor"),
     ("coef-bool-tensor", {"coef": torch.tensor([True])}, InvalidInputError, "coef must hold real numbers"),
     ("coef-str-array", {"coef": np.array(["a"])}, InvalidInputError, "coef must hold real numbers"),
-    ("unit-unknown", {"unit": "percent"}, InvalidInputError, "unit='percent' is not one of raw, unit, rel"),
+    ("unit-unknown", {"unit": "percent"}, InvalidInputError, "unit='percent' is not one of raw, unit, rel, sd, gap"),
     ("unit-int", {"unit": 1}, InvalidInputError, "unit=1 is not one of"),
     ("positions-unknown", {"positions": "middle"}, InvalidInputError, "positions='middle' is not one of"),
     ("positions-none", {"positions": None}, InvalidInputError, "positions=None is not one of"),
@@ -275,7 +275,7 @@ STEER_BAD = [
     ("prompt-length-float", {"prompt_length": 5.0}, InvalidInputError, "prompt_length must be an integer"),
     ("prompt-length-bool", {"prompt_length": True}, InvalidInputError, "prompt_length must be an integer"),
     ("prompt-length-zero", {"prompt_length": 0}, InvalidInputError, "prompt_length must be a positive integer"),
-    ("reference-without-rel", {"reference": torch.ones(4)}, InvalidInputError, "reference= is only used with unit='rel'"),
+    ("reference-without-rel", {"reference": torch.ones(4)}, InvalidInputError, "reference= is only used with unit='rel' or 'sd'"),
     # was: steered the opposite way (negative norms) or by nothing (zero norms), silently
     ("rel-negative-reference", {"unit": "rel", "reference": _neg50}, InvalidInputError, "reference norm at layer 1 is -50"),
     ("rel-zero-reference", {"unit": "rel", "reference": lambda t: torch.zeros(4)}, InvalidInputError,

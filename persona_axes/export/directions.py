@@ -38,7 +38,8 @@ def check_label(value: Any, what: str) -> str:
 def layer_rows(vector: PersonaVector, layers: list[int], scale: float, normalize: bool, *,
                unit: str = "raw", reference: Any = None) -> dict[int, np.ndarray]:
     """``{layer: [d] float32}`` for ``layers`` (ascending): what a steer with coefficient ``scale`` in ``unit``
-    (``"raw"``, ``"unit"``, ``"rel"`` with ``reference``; see :mod:`persona_axes.vectors.units`) adds there.
+    (``"raw"``, ``"unit"``, ``"rel"``, ``"sd"``, ``"gap"``: the vector's stored unit statistics, or ``reference``
+    activations for ``"rel"``/``"sd"``; see :mod:`persona_axes.vectors.units`) adds there.
     ``normalize=True`` is ``unit="unit"``.
 
     With ``scale == 1`` in raw units the rows are bit-exact copies; otherwise the arithmetic is float64, rounded
@@ -52,7 +53,7 @@ def layer_rows(vector: PersonaVector, layers: list[int], scale: float, normalize
         v = vector.vector[layers].numpy()
         return {L: np.ascontiguousarray(v[i], dtype=np.float32).copy() for i, L in enumerate(layers)}
     rows = steer_rows({L: vector.vector[L] for L in layers}, scale, unit, reference, vector.model,
-                      f"vector {vector.name!r}")
+                      f"vector {vector.name!r}", vector=vector)
     out = {}
     for L, r in rows.items():
         with np.errstate(over="ignore"):

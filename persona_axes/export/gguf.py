@@ -2,7 +2,7 @@
 
 Use the file with ``llama-cli --control-vector FILE`` (strength 1) or ``--control-vector-scaled FILE:SCALE``
 (llama.cpp multiplies every direction by SCALE at load time). **Export what ``steer`` does**: with ``layers``,
-``scale`` (the coefficient) and ``unit`` (``"raw"``, ``"unit"``, ``"rel"`` with ``reference``) the file holds
+``scale`` (the coefficient) and ``unit`` (``"raw"``, ``"unit"``, ``"rel"``, ``"sd"``, ``"gap"``) the file holds
 ``direction.L = scale * unit_scale[L] * v[L]`` at exactly the chosen layers — the vector
 :class:`~persona_axes.steering.interventions.Steer` adds there with ``coef=scale`` and the same unit (the unit
 scale is computed by :mod:`persona_axes.vectors.units` for both) — and nothing elsewhere, so a plain
@@ -78,7 +78,7 @@ from persona_axes.files import (
     package_version,
 )
 from persona_axes.vectors.containers import VECTOR_KIND, PersonaVector
-from persona_axes.vectors.units import reference_norms, unit_scales
+from persona_axes.vectors.units import layer_units, unit_scales
 
 
 def gguf_layers(vector: PersonaVector, layers: Any) -> list[int]:
@@ -122,8 +122,9 @@ def export_gguf_control_vector(
     L). ``layers``: ``None`` for every layer llama.cpp can express (1 .. n_layers-1), or a subset (negative counts
     from the end); layer 0 is dropped with a warning, or refused if it is the only one. ``scale`` is a steer's
     coefficient in ``unit``: ``direction.L = scale * unit_scale[L] * v[L]`` with unit scale 1 (``"raw"``),
-    ``1/|v[L]|`` (``"unit"``, same as ``normalize=True``) or ``mean residual norm[L] / |v[L]|`` (``"rel"``,
-    measured on ``reference`` activations or given as ``[n_layers]`` norms) — what ``Steer(model, vector, layers,
+    ``1/|v[L]|`` (``"unit"``, same as ``normalize=True``) or ``size[L] / |v[L]|`` for ``"rel"``, ``"sd"``,
+    ``"gap"`` (the vector's stored unit statistics, or ``rel``/``sd`` measured on ``reference`` activations of
+    default-assistant replies; :mod:`persona_axes.vectors.units`) — what ``Steer(model, vector, layers,
     coef=scale, unit=unit, reference=reference)`` adds. Run it with ``llama-cli --control-vector FILE``;
     ``--control-vector-scaled FILE:S`` multiplies by ``S`` once more. ``model_hint``: the model's GGUF
     architecture string (``"llama"``, ``"qwen2"``, ...).
@@ -143,8 +144,9 @@ def export_gguf_control_vector(
     u = Unit.UNIT if normalize else u
     sel = gguf_layers(vector, layers)
     rows = layer_rows(vector, sel, scale, False, unit=u.value, reference=reference)
-    norms = reference_norms(reference, vector.model) if reference is not None and u == Unit.REL else None
-    unit_scale = unit_scales({L: vector.vector[L] for L in sel}, u, norms, f"vector {vector.name!r}")
+    sel_rows = {L: vector.vector[L] for L in sel}
+    sizes = layer_units(u, vector.model, sel_rows, vector, reference, f"vector {vector.name!r}")
+    unit_scale = unit_scales(sel_rows, u, sizes, f"vector {vector.name!r}")
     per_layer = [unit_scale[L] for L in sel]
     info = vector.model
     T = gguf.GGUFValueType

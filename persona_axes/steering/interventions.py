@@ -25,11 +25,13 @@ Composition: enter several (``with Ablate(...), Steer(...):``); hooks run in the
 ablate-then-add is ``Ablate`` entered before ``Steer``.
 
 Coefficients: a number, or a ``[batch]`` tensor (or list) with one coefficient per batch row (a whole sweep in one
-batched ``generate``). ``unit="raw"`` adds ``coef * vector`` as is; ``unit="rel"`` scales ``coef`` by the mean
-residual norm at each layer, measured on reference activations (``reference=Activations`` or a ``[n_layers]``
-tensor of norms), so ``coef=1`` moves by one typical residual norm; ``unit="unit"`` normalises the vector first
-and adds ``coef`` in raw units along the unit direction. The effective per-layer scale is recorded in
-:meth:`Intervention.record`.
+batched ``generate``), in ``unit`` (defined once in :mod:`persona_axes.vectors.units`): ``"raw"`` adds
+``coef * vector`` as is; ``"unit"`` adds ``coef`` activation units along the unit direction; ``"rel"`` multiples of
+the mean norm of default-assistant reply-mean activations; ``"sd"`` multiples of the spread (standard deviation)
+of default-assistant projections onto the direction; ``"gap"`` multiples of the gap between the direction's two
+groups (default minus role replies for the Assistant Axis). ``"rel"``/``"sd"``/``"gap"`` read the vector's stored
+unit statistics; ``reference=`` (Activations of default-assistant replies, reduced ``"mean"``) measures ``"rel"``
+and ``"sd"`` instead. The effective per-layer scale is recorded in :meth:`Intervention.record`.
 
 dtype and placement: each vector is copied once to the device of the block it edits (so models dispatched over
 several devices with accelerate work). The edit is computed in float32 (or the block's dtype if wider) from the
@@ -52,7 +54,7 @@ from persona_axes.activations.readers.base import Backend, as_backend
 from persona_axes.core import ModelInfo, Positions, Unit, as_choice, check_int, normalize_layers, unit
 from persona_axes.errors import InvalidInputError, ModelMismatchError
 from persona_axes.model.layers import block_output, replace_block_output
-from persona_axes.vectors.units import reference_norms, unit_scales
+from persona_axes.vectors.units import layer_units, reference_norms, unit_scales
 
 
 def layer_vectors(vector: Any, info: ModelInfo, layers: Sequence[int], what: str) -> dict[int, torch.Tensor]:
@@ -267,15 +269,9 @@ class Steer(Intervention):
         self.unit = as_choice(Unit, unit, "unit")
         vecs = layer_vectors(vector, self.info, self.layers, "steering vector")
         self.coef = coef_tensor(coef)
-        norms = None
-        if self.unit == Unit.REL:
-            if reference is None:
-                raise InvalidInputError("unit='rel' needs reference activations (or [n_layers] norms) via reference=")
-            norms = reference_norms(reference, self.info)
-        elif reference is not None:
-            raise InvalidInputError(f"reference= is only used with unit='rel', not unit={self.unit.value!r}; "
-                                    "drop it or pass unit='rel'")
-        self.scale: dict[int, float] = unit_scales(vecs, self.unit, norms)
+        sizes = layer_units(self.unit, self.info, vecs, vector, reference, "steering vector")
+        self.scale: dict[int, float] = unit_scales(vecs, self.unit, sizes)
+        self.unit_sizes = {L: float(sizes[L]) for L in self.layers} if sizes is not None else None
         self.vectors = {L: vecs[L] * self.scale[L] for L in self.layers}
         self.name = name_of(vector)
 
@@ -296,7 +292,9 @@ class Steer(Intervention):
 
     def record(self):
         return {**super().record(), "vector": self.name, "coef": self.coef.tolist(), "unit": self.unit.value,
-                "scale_per_layer": {str(L): s for L, s in self.scale.items()}}
+                "scale_per_layer": {str(L): s for L, s in self.scale.items()},
+                "unit_size_per_layer": None if self.unit_sizes is None else
+                {str(L): s for L, s in self.unit_sizes.items()}}
 
 
 class Ablate(Intervention):
