@@ -331,7 +331,7 @@ def test_choices_come_from_the_enums_and_presets():
     """No hand-copied lists: --coef-unit, --positions and --kind offer exactly core's enum values, and --preset's
     help names every preset (it named 'quick or paper' and missed 'smoke')."""
     from persona_axes.core import Positions, RolloutKind, Unit
-    from persona_axes.runs.requests import PRESETS
+    from persona_axes.runs.presets import PRESETS
 
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices
 

@@ -172,7 +172,7 @@ def test_monitor_html_uses_the_drift_figure_and_shares_plotlyjs(f, capsys):
 
 def test_rollouts_limit_is_per_kind(f, capsys):
     """`--kinds role,default --limit 2` gives 2 role AND 2 default rollouts (it gave 2 role ones and no default)."""
-    from persona_axes.runs.requests import get_preset
+    from persona_axes.runs.presets import get_preset
     from persona_axes.runs.store import RolloutStore
 
     out_dir = f["dir"] / "runs"

@@ -11,7 +11,7 @@ import pytest
 
 from persona_axes.errors import InvalidInputError
 from persona_axes.runs.plan import KNOWN_SHAPES, ModelShape, Throughput, calibrate, job_size, model_shape, plan_job
-from persona_axes.runs.requests import get_preset
+from persona_axes.runs.presets import get_preset
 
 CONFIGS = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 

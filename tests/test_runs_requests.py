@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from persona_axes.errors import InvalidInputError
+from persona_axes.runs import presets as P
 from persona_axes.runs import requests as R
 from persona_axes.runs.datasets import load_default_prompts, load_questions, load_roles, load_traits
 
@@ -75,8 +76,8 @@ def test_derive_seed_depends_on_seed_and_id():
 
 
 def test_presets():
-    quick, paper = R.get_preset("quick"), R.get_preset("paper")
-    assert R.get_preset(quick) is quick
+    quick, paper = P.get_preset("quick"), P.get_preset("paper")
+    assert P.get_preset(quick) is quick
     q = quick.build_requests()
     assert len({r.id for r in q}) == len(q)
     assert {r.name for r in q if r.kind == "role"} == set(load_roles())
@@ -91,7 +92,7 @@ def test_presets():
     assert paper.temperature > 0 and paper.samples > 1 and paper.max_new_tokens >= 256
     with pytest.raises(InvalidInputError):
         quick.build_requests(include=["roles"])
-    smoke = R.get_preset("smoke").build_requests()
+    smoke = P.get_preset("smoke").build_requests()
     families = {load_roles()[r.name].family for r in smoke if r.kind == "role"}
     assert len(families) == 7  # one role per family, so even the smoke run spans persona space
     assert len(smoke) == 7 * 3 + 3 * 3 + 2 * 2 * 2
@@ -101,7 +102,7 @@ def test_presets():
 
 def test_limit_is_per_kind():
     """``--kinds role,default --limit 6`` gives 6 role AND 6 default requests (it gave 6 role and no default ones)."""
-    reqs = R.get_preset("smoke").build_requests(include=["role", "default"])
+    reqs = P.get_preset("smoke").build_requests(include=["role", "default"])
     got = R.limit_per_kind(reqs, 6)
     assert [r.kind for r in got].count("role") == 6 and [r.kind for r in got].count("default") == 6
     assert got == [r for r in reqs if r in got]  # the first six of each, in the original order
@@ -115,7 +116,7 @@ def test_limit_is_per_kind():
 def test_include_takes_kind_enums_or_strings():
     from persona_axes.core import RolloutKind
 
-    smoke = R.get_preset("smoke")
+    smoke = P.get_preset("smoke")
     assert smoke.build_requests(include=[RolloutKind.DEFAULT]) == smoke.build_requests(include=["default"])
     with pytest.raises(InvalidInputError, match="include='persona' is not one of role, default, trait"):
         smoke.build_requests(include=["persona"])
@@ -133,4 +134,4 @@ def test_preset_fields_are_checked(field, value, match):
     from dataclasses import asdict
 
     with pytest.raises(InvalidInputError, match=match):
-        R.RolloutPreset(**{**asdict(R.get_preset("smoke")), field: value})
+        P.RolloutPreset(**{**asdict(P.get_preset("smoke")), field: value})

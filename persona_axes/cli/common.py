@@ -79,7 +79,7 @@ def shipped_file(name: str) -> str:
 
 def preset_help(default: str = "quick") -> str:
     """The rollout presets' names, from the presets themselves (``--preset`` help)."""
-    from persona_axes.runs.requests import PRESETS
+    from persona_axes.runs.presets import PRESETS
 
     return "rollout preset: " + ", ".join(f"{n}{' (default)' if n == default else ''}" for n in PRESETS) + \
         " (see persona_axes.runs.requests.PRESETS)"

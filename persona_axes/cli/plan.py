@@ -22,7 +22,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     calibration = None
     if args.throughput is None or args.capture_throughput is None or args.prompt_tokens is None:
         from persona_axes.model.load import load_model
-        from persona_axes.runs.requests import get_preset
+        from persona_axes.runs.presets import get_preset
 
         requests = get_preset(cfg.get("preset", "quick")).build_requests()
         engine = None

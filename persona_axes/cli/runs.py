@@ -29,8 +29,9 @@ def _parse_kinds(text: str) -> list[str]:
 def _cmd_rollouts(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from persona_axes.runs.requests import get_preset, limit_per_kind
-    from persona_axes.runs.rollouts import run_rollouts
+    from persona_axes.runs.presets import get_preset
+    from persona_axes.runs.requests import limit_per_kind
+    from persona_axes.runs.rollouts import run_preset_rollouts
     from persona_axes.runs.store import RolloutStore
 
     preset = get_preset(args.preset)
@@ -54,8 +55,8 @@ def _cmd_rollouts(args: argparse.Namespace) -> int:
     if loaded is None:
         print(f"nothing to do: all {len(requests)} rollouts are in {store_path}")
         return 0
-    rep = run_rollouts(loaded, requests, store, preset.sampling(args.seed), batch_size=args.batch_size or
-                       preset.batch_size, progress=not args.quiet)
+    rep = run_preset_rollouts(loaded, preset, requests, store, args.seed, batch_size=args.batch_size,
+                              progress=not args.quiet)
     print(f"generated {rep.generated}, skipped {rep.skipped} in {rep.seconds:.1f}s "
           f"({rep.requests_per_second:.2f} replies/s); store: {store_path}")
     return 0

@@ -286,11 +286,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if acts is not None:
             print(f"wrote {args.out}: {len(acts)} items x {len(acts.layers)} layers from {ranks.world_size} rank(s)")
     else:
-        from persona_axes.runs.requests import get_preset
+        from persona_axes.runs.presets import get_preset
 
         preset = get_preset(args.preset)
-        store = rollouts_distributed(model, preset.build_requests(), args.store, preset.sampling(args.seed),
-                                     ranks=ranks, batch_size=args.batch_size)
+        for group, sampling in preset.sampling_groups(preset.build_requests(), args.seed):
+            store = rollouts_distributed(model, group, args.store, sampling, ranks=ranks,
+                                         batch_size=args.batch_size)
         if store is not None:
             print(f"{args.store}: {len(store)} rollouts from {ranks.world_size} rank(s)")
     ranks.barrier()

@@ -31,7 +31,7 @@ from typing import Any
 
 from persona_axes.core import check_float, check_int
 from persona_axes.errors import InvalidInputError
-from persona_axes.runs.requests import RolloutPreset, get_preset
+from persona_axes.runs.presets import RolloutPreset, get_preset
 
 __all__ = ["ModelShape", "KNOWN_SHAPES", "model_shape", "JobSize", "job_size", "Throughput", "calibrate",
            "JobPlan", "plan_job", "load_job_config", "DTYPE_BYTES", "HEADROOM"]

@@ -7,11 +7,14 @@ from what it is, never from when it was made, e.g.
 * ``role/pirate/p2/q017/s0`` - role ``pirate``, system prompt 2, question ``q017``, sample 0;
 * ``default/p0/q017/s0`` - default-assistant prompt 0 (``""``: no system message at all);
 * ``trait/evil/pos/p3/q05/s0`` - trait ``evil``, the *pos* instruction of pair 3, extraction question 5;
-* ``trait/evil/eval/neg/p3/q05/s0`` - the same for evaluation question 5.
+* ``trait/evil/eval/neg/p3/q05/s0`` - the same for evaluation question 5;
+* ``role/pirate/eval/p3/q090/s0`` and ``default/eval/p6/q090/s0`` - held-out role and default-assistant replies
+  (split ``"evaluation"``, :mod:`persona_axes.runs.splits`), used to measure the vectors, never to build them.
 
 :func:`derive_seed` gives each request its own sampling seed from the run's seed and the id.  :data:`PRESETS`
-gives three sizes: ``quick`` (every packaged role, small, for a CPU), ``paper`` (the paper's scale, for a GPU) and
-``smoke`` (a few roles, to try the pipeline).  :func:`limit_per_kind` keeps the first N requests of each kind.
+(in :mod:`persona_axes.runs.presets`) gives four sizes: ``quick`` (every packaged role, small, for a CPU), ``standard`` (fit and held-out splits, all
+trait instruction pairs, greedy and sampled replies; about an hour on 2 CPU cores), ``paper`` (the paper's scale, for
+a GPU) and ``smoke`` (a few roles, to try the pipeline).  :func:`limit_per_kind` keeps the first N requests of each kind.
 """
 
 from __future__ import annotations
@@ -31,9 +34,6 @@ __all__ = [
     "SPLITS",
     "POLARITIES",
     "RolloutRequest",
-    "RolloutPreset",
-    "PRESETS",
-    "get_preset",
     "derive_seed",
     "role_requests",
     "default_requests",
@@ -53,7 +53,8 @@ class RolloutRequest:
 
     ``name`` is the role or trait name, or ``"default"``; ``polarity`` is ``"pos"``/``"neg"`` for traits and None
     otherwise; ``prompt_index`` is the role/default prompt index or the trait's pair index; ``split`` is
-    ``"extraction"``/``"evaluation"`` for traits and None otherwise.  ``id`` is derived from these fields.
+    ``"extraction"``/``"evaluation"`` for traits, and None (fit) or ``"evaluation"`` (held out) for role and
+    default requests.  ``id`` is derived from these fields.
     """
 
     kind: str
@@ -86,8 +87,11 @@ class RolloutRequest:
                 raise InvalidInputError(f"a trait request needs polarity 'pos' or 'neg', got {self.polarity!r}")
             if self.split not in SPLITS:
                 raise InvalidInputError(f"a trait request needs split {SPLITS}, got {self.split!r}")
-        elif self.polarity is not None or self.split is not None:
-            raise InvalidInputError(f"polarity and split are for trait requests only (kind={self.kind!r})")
+        elif self.polarity is not None:
+            raise InvalidInputError(f"polarity is for trait requests only (kind={self.kind!r})")
+        elif self.split not in (None, "evaluation"):
+            raise InvalidInputError(f"a {self.kind} request's split is None (fit) or 'evaluation' (held out), got "
+                                    f"{self.split!r}")
         if self.kind == "default" and self.name != "default":
             raise InvalidInputError(f"a default request is named 'default', got {self.name!r}")
         expected = self._make_id()
@@ -97,11 +101,11 @@ class RolloutRequest:
 
     def _make_id(self) -> str:
         tail = f"p{self.prompt_index}/{self.question_id}/s{self.sample}"
+        split = "eval/" if self.split == "evaluation" else ""
         if self.kind == "default":
-            return f"default/{tail}"
+            return f"default/{split}{tail}"
         if self.kind == "role":
-            return f"role/{self.name}/{tail}"
-        split = "" if self.split == "extraction" else "eval/"
+            return f"role/{self.name}/{split}{tail}"
         return f"trait/{self.name}/{split}{self.polarity}/{tail}"
 
     def messages(self) -> list[dict[str, str]]:
@@ -132,62 +136,91 @@ def _questions(questions: Any) -> list[Question]:
     return out
 
 
+def _indices(given: Sequence[int] | None, n: int, what: str) -> list[int]:
+    if given is None:
+        return list(range(n))
+    out = [check_int(i, what, minimum=0) for i in given]
+    if not out:
+        raise InvalidInputError(f"{what}: no indices were given")
+    return out
+
+
 def role_requests(
     roles: Mapping[str, Role] | Sequence[Role], questions: Sequence[Question | str], prompts_per_role: int = 5,
-    samples: int = 1,
+    samples: int = 1, *, prompt_indices: Sequence[int] | None = None, split: str | None = None,
 ) -> list[RolloutRequest]:
-    """Every role x its first ``prompts_per_role`` system prompts x every question x ``samples`` samples."""
+    """Every role x its first ``prompts_per_role`` system prompts (or exactly ``prompt_indices``) x every question
+    x ``samples`` samples; ``split="evaluation"`` marks them held out."""
     check_int(prompts_per_role, "prompts_per_role", minimum=1)
     check_int(samples, "samples", minimum=1)
+    prompt_list = _indices(prompt_indices, prompts_per_role, "prompt_indices")
     qs = _questions(questions)
     out = []
     for role in _as_list(roles, "roles"):
         if not isinstance(role, Role):
             raise InvalidInputError(f"roles must hold Role records (from load_roles()), got {type(role).__name__}")
-        if prompts_per_role > len(role.prompts):
+        if max(prompt_list) >= len(role.prompts):
             raise InvalidInputError(
-                f"role {role.name!r} has {len(role.prompts)} prompts, fewer than prompts_per_role={prompts_per_role}"
+                f"role {role.name!r} has {len(role.prompts)} prompts; prompt {max(prompt_list)} does not exist "
+                "(lower prompts_per_role or the prompt indices)"
             )
-        for p in range(prompts_per_role):
+        for p in prompt_list:
             for q in qs:
                 for s in range(samples):
-                    out.append(RolloutRequest("role", role.name, p, q.id, s, role.prompts[p], q.text))
+                    out.append(RolloutRequest("role", role.name, p, q.id, s, role.prompts[p], q.text, split=split))
     if not out:
         raise InvalidInputError("no roles were given")
     return out
 
 
 def default_requests(
-    default_prompts: Sequence[str], questions: Sequence[Question | str], samples: int = 1
+    default_prompts: Sequence[str], questions: Sequence[Question | str], samples: int = 1, *,
+    prompt_indices: Sequence[int] | None = None, split: str | None = None,
 ) -> list[RolloutRequest]:
-    """Every default-assistant system prompt (``""`` = none) x every question x ``samples`` samples."""
+    """Every default-assistant system prompt (``""`` = none; or those at ``prompt_indices``) x every question x
+    ``samples`` samples; ``split="evaluation"`` marks them held out."""
     check_int(samples, "samples", minimum=1)
     qs = _questions(questions)
     prompts = _as_list(default_prompts, "default_prompts")
     if not prompts:
         raise InvalidInputError("no default prompts were given (use load_default_prompts())")
+    chosen = _indices(prompt_indices, len(prompts), "prompt_indices")
+    if max(chosen) >= len(prompts):
+        raise InvalidInputError(f"default prompt {max(chosen)} does not exist: there are {len(prompts)}")
     out = []
-    for p, system in enumerate(prompts):
+    for p in chosen:
+        system = prompts[p]
         if not isinstance(system, str):
             raise InvalidInputError(f"default_prompts[{p}] must be a string, got {type(system).__name__}")
         for q in qs:
             for s in range(samples):
-                out.append(RolloutRequest("default", "default", p, q.id, s, system, q.text))
+                out.append(RolloutRequest("default", "default", p, q.id, s, system, q.text, split=split))
     return out
 
 
 def trait_requests(
     traits: Mapping[str, Trait] | Sequence[Trait], split: str = "extraction", pairs: int = 5, samples: int = 1,
-    questions: int | None = None,
+    questions: int | None = None, *, pairs_per_question: int | None = None,
+    extra_questions: Sequence[Question] = (),
 ) -> list[RolloutRequest]:
     """Every trait x its first ``pairs`` instruction pairs x (pos, neg) x every question of ``split``
-    (or its first ``questions``) x ``samples`` samples.  Question ids are ``q00``, ``q01``, ... by position."""
+    (or its first ``questions``) x ``samples`` samples.  Question ids are ``q00``, ``q01``, ... by position.
+
+    ``pairs_per_question=k`` asks question ``i`` under pairs ``i, i+1, .., i+k-1`` (mod ``pairs``) only, so every
+    pair is used without asking every question under every pair; ``extra_questions`` (general questions, e.g. the
+    fit split of ``questions.json``) are added to the extraction questions with ids ``x-<question id>``."""
     if split not in SPLITS:
         raise InvalidInputError(f"split must be one of {SPLITS}, got {split!r}")
     check_int(pairs, "pairs", minimum=1)
     check_int(samples, "samples", minimum=1)
     if questions is not None:
         check_int(questions, "questions", minimum=1)
+    if pairs_per_question is not None:
+        check_int(pairs_per_question, "pairs_per_question", minimum=1, maximum=pairs)
+    extra = _questions(extra_questions) if len(extra_questions) else []
+    if extra and split != "extraction":
+        raise InvalidInputError("extra_questions are for the extraction split only (evaluation questions stay the "
+                                "trait's own held-out set)")
     out = []
     for trait in _as_list(traits, "traits"):
         if not isinstance(trait, Trait):
@@ -197,12 +230,18 @@ def trait_requests(
         qs = trait.extraction_questions if split == "extraction" else trait.evaluation_questions
         qs = qs[:questions] if questions is not None else qs
         width = max(2, len(str(len(qs) - 1)))
-        for p in range(pairs):
-            for polarity, system in zip(POLARITIES, trait.pairs[p]):
-                for qi, text in enumerate(qs):
+        asked = [(f"q{qi:0{width}d}", text) for qi, text in enumerate(qs)]
+        asked += [(f"x-{q.id}", q.text) for q in extra]
+        keyed = []
+        for qi, (qid, text) in enumerate(asked):
+            chosen = range(pairs) if pairs_per_question is None else \
+                sorted({(qi + j) % pairs for j in range(pairs_per_question)})
+            for p in chosen:
+                for pi, (polarity, system) in enumerate(zip(POLARITIES, trait.pairs[p])):
                     for s in range(samples):
-                        out.append(RolloutRequest("trait", trait.name, p, f"q{qi:0{width}d}", s, system, text,
-                                                  polarity=polarity, split=split))
+                        keyed.append(((p, pi, qi, s), RolloutRequest("trait", trait.name, p, qid, s, system, text,
+                                                                     polarity=polarity, split=split)))
+        out += [r for _, r in sorted(keyed, key=lambda kr: kr[0])]  # pair, side, question, sample
     if not out:
         raise InvalidInputError("no traits were given")
     return out
@@ -234,135 +273,6 @@ def derive_seed(seed: int, request_id: str) -> int:
     """The per-request sampling seed: a 63-bit hash of the run's ``seed`` and the request's ``id``."""
     digest = hashlib.sha256(f"{int(seed)}\x00{request_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Presets
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RolloutPreset:
-    """How many rollouts to make.  ``roles``/``traits``: names, or None for every packaged one; ``questions``:
-    how many role/default questions (spread over categories, :func:`select_questions`; None = all);
-    ``default_prompts``: how many default-assistant prompts (None = all); ``trait_questions``: extraction
-    questions per trait (None = all)."""
-
-    name: str
-    roles: tuple[str, ...] | None
-    prompts_per_role: int
-    questions: int | None
-    default_prompts: int | None
-    traits: tuple[str, ...] | None
-    trait_pairs: int
-    trait_questions: int | None
-    samples: int
-    max_new_tokens: int
-    temperature: float
-    batch_size: int
-    top_p: float = 1.0
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise InvalidInputError(f"RolloutPreset.name must be a non-empty string, got {self.name!r}")
-        for name in ("prompts_per_role", "trait_pairs", "samples", "max_new_tokens", "batch_size"):
-            check_int(getattr(self, name), f"RolloutPreset.{name}", minimum=1)
-        for name in ("questions", "default_prompts", "trait_questions"):
-            if getattr(self, name) is not None:
-                check_int(getattr(self, name), f"RolloutPreset.{name}", minimum=1)
-        for name in ("roles", "traits"):
-            value = getattr(self, name)
-            if value is not None:
-                if isinstance(value, str) or not all(isinstance(x, str) and x for x in value):
-                    raise InvalidInputError(f"RolloutPreset.{name} must be a tuple of names (or None for all), "
-                                            f"got {value!r}")
-                object.__setattr__(self, name, tuple(value))
-        self.sampling()  # temperature and top_p checked by SamplingConfig
-
-    def sampling(self, seed: int = 0) -> SamplingConfig:
-        return SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                              seed=seed)
-
-    def build_requests(
-        self,
-        *,
-        roles: Mapping[str, Role] | None = None,
-        questions: Sequence[Question] | None = None,
-        default_prompts: Sequence[str] | None = None,
-        traits: Mapping[str, Trait] | None = None,
-        include: Iterable[str] = KINDS,
-    ) -> list[RolloutRequest]:
-        """The preset's requests (role, then default, then trait extraction), from the packaged data unless
-        given; ``include`` picks some of ``"role"``, ``"default"``, ``"trait"``."""
-        from persona_axes.runs.datasets import load_default_prompts, load_questions, load_roles, load_traits
-
-        if isinstance(include, str):
-            include = include.split(",")
-        include = {as_choice(RolloutKind, k, "include").value for k in include}
-        out: list[RolloutRequest] = []
-        if include & {"role", "default"}:
-            qs = select_questions(questions if questions is not None else load_questions(), self.questions)
-        if "role" in include:
-            all_roles = roles if roles is not None else load_roles()
-            if self.roles is not None:
-                unknown = [n for n in self.roles if n not in all_roles]
-                if unknown:
-                    raise InvalidInputError(f"preset {self.name!r} names unknown roles {unknown}")
-                all_roles = {n: all_roles[n] for n in self.roles}
-            out += role_requests(all_roles, qs, self.prompts_per_role, self.samples)
-        if "default" in include:
-            prompts = list(default_prompts if default_prompts is not None else load_default_prompts())
-            out += default_requests(prompts[: self.default_prompts], qs, self.samples)
-        if "trait" in include:
-            all_traits = traits if traits is not None else load_traits(self.traits)
-            if traits is not None and self.traits is not None:
-                all_traits = {n: traits[n] for n in self.traits}
-            out += trait_requests(all_traits, "extraction", self.trait_pairs, self.samples, self.trait_questions)
-        return out
-
-
-PRESETS: dict[str, RolloutPreset] = {
-    # Sized by measurement of SmolLM2-135M (fp32) on the shared 2-core development CPU, batches of 32 prompts of
-    # ~55 tokens, 48 new tokens: 1.6 replies/s with one torch thread (also while other jobs loaded the machine),
-    # 0.4-1.2 replies/s with two threads (two threads suffer badly when the cores are shared). This preset's 588
-    # requests - 70 roles x 1 prompt x 6 questions (one per category) = 420, 8 default prompts x 6 questions = 48,
-    # 12 traits x 1 pair x 2 sides x 5 extraction questions = 120 - took 20 minutes with two threads under load
-    # and take about 6-7 minutes with torch.set_num_threads(1).
-    # On an idle machine (2 threads) they took 2.0 minutes (4.8 replies/s), and the whole pipeline 3.1 minutes.
-    "quick": RolloutPreset(
-        name="quick", roles=None, prompts_per_role=1, questions=6, default_prompts=None, traits=None,
-        trait_pairs=1, trait_questions=5, samples=1, max_new_tokens=48, temperature=0.0, batch_size=32,
-        description="every packaged role with its first prompt, 6 questions (one per category), every default "
-                    "prompt, every trait with 1 pair and 5 extraction questions; greedy, 48 new tokens; for a CPU",
-    ),
-    # The papers' scale: all 5 prompts per role, every question, several samples, full-length replies (GPU).
-    "paper": RolloutPreset(
-        name="paper", roles=None, prompts_per_role=5, questions=None, default_prompts=None, traits=None,
-        trait_pairs=5, trait_questions=None, samples=3, max_new_tokens=512, temperature=0.7, batch_size=64,
-        top_p=1.0,
-        description="every role x 5 prompts x every question x 3 samples, every default prompt, every trait x "
-                    "5 pairs x every extraction question; temperature 0.7, 512 new tokens; for a GPU",
-    ),
-    # A few roles of contrasting families, for trying the whole pipeline (and its report) in about a minute on a
-    # CPU, and for the CLI's smoke tests. Too few roles for a meaningful persona space: use `quick` for results.
-    "smoke": RolloutPreset(
-        name="smoke", roles=("accountant", "therapist", "poet", "pirate", "dragon", "cat", "mob_boss"),
-        prompts_per_role=1, questions=3, default_prompts=3, traits=("evil", "optimistic"), trait_pairs=1,
-        trait_questions=2, samples=1, max_new_tokens=16, temperature=0.0, batch_size=16,
-        description="7 roles (one per family) x 3 questions, 3 default prompts, 2 traits x 2 questions; greedy, "
-                    "16 new tokens; a smoke test of the pipeline, not a result",
-    ),
-}
-
-
-def get_preset(name: str | RolloutPreset) -> RolloutPreset:
-    """The preset called ``name`` (``"quick"``, ``"paper"`` or ``"smoke"``); a :class:`RolloutPreset` is returned as is."""
-    if isinstance(name, RolloutPreset):
-        return name
-    if name not in PRESETS:
-        raise InvalidInputError(f"unknown rollout preset {name!r}; use one of: {', '.join(PRESETS)}")
-    return PRESETS[name]
 
 
 def limit_per_kind(requests: Sequence[RolloutRequest], n: int | None) -> list[RolloutRequest]:

@@ -40,25 +40,23 @@ from persona_axes.judges.base import RoleItem, TraitItem
 from persona_axes.runs.datasets import Role, Trait, load_roles, load_traits
 from persona_axes.runs.requests import (  # noqa: F401  (re-exported for older imports)
     KINDS,
-    PRESETS,
     SPLITS,
-    RolloutPreset,
     RolloutRequest,
     default_requests,
     derive_seed,
-    get_preset,
     limit_per_kind,
     role_requests,
     select_questions,
     trait_requests,
 )
+from persona_axes.runs.presets import PRESETS, RolloutPreset, get_preset  # noqa: F401  (re-exported)
 from persona_axes.runs.store import Rollout, RolloutStore
 from persona_axes.steering.generation import SamplingConfig
 
 __all__ = [
     "KINDS", "SPLITS", "RolloutRequest", "Rollout", "RolloutStore", "RolloutRunReport", "RolloutPreset", "PRESETS",
     "get_preset", "derive_seed", "role_requests", "default_requests", "trait_requests", "select_questions",
-    "limit_per_kind", "run_rollouts", "judge_rollouts",
+    "limit_per_kind", "run_rollouts", "run_preset_rollouts", "judge_rollouts",
 ]
 
 
@@ -125,6 +123,21 @@ def run_rollouts(
     engine = model if isinstance(model, Engine) else HFEngine(model, batch_size=batch_size)
     with store.writing():
         return _run_locked(engine, requests, store, sampling, progress, t0)
+
+
+def run_preset_rollouts(model: Any, preset: RolloutPreset, requests: Sequence[RolloutRequest],
+                        store: RolloutStore | str | os.PathLike, seed: int = 0, *, batch_size: int | None = None,
+                        progress: bool = True) -> RolloutRunReport:
+    """:func:`run_rollouts` over ``requests`` with the preset's sampling: one call per sampling group
+    (:meth:`RolloutPreset.sampling_groups`: with ``greedy_first``, sample 0 greedy, the others sampled); the
+    reports are summed."""
+    generated = skipped = 0
+    seconds = 0.0
+    for group, sampling in preset.sampling_groups(requests, seed):
+        rep = run_rollouts(model, group, store, sampling, batch_size=batch_size or preset.batch_size,
+                           progress=progress)
+        generated, skipped, seconds = generated + rep.generated, skipped + rep.skipped, seconds + rep.seconds
+    return RolloutRunReport(generated=generated, skipped=skipped, seconds=seconds)
 
 
 def _run_locked(engine: Engine, requests: list[RolloutRequest], store: RolloutStore, sampling: SamplingConfig,

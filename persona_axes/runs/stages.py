@@ -39,8 +39,8 @@ from persona_axes.errors import FileFormatError, InvalidInputError, StaleCheckpo
 from persona_axes.judges.base import judge_from_spec, role_item_accepted, trait_item_kept
 from persona_axes.runs.datasets import load_roles, load_traits
 from persona_axes.runs.publish import publish
-from persona_axes.runs.requests import RolloutPreset, get_preset
-from persona_axes.runs.rollouts import judge_rollouts, run_rollouts
+from persona_axes.runs.presets import RolloutPreset, get_preset
+from persona_axes.runs.rollouts import judge_rollouts, run_preset_rollouts
 from persona_axes.runs.store import Rollout, RolloutStore
 from persona_axes.runs.summary import CappingSummary, RoleAcceptance, RunSummary, TraitSummary
 from persona_axes.steering.capping import CapConfig, calibrate_cap
@@ -178,8 +178,7 @@ def rollouts_stage(run: Run, *, progress: bool = True) -> Run:
     t = time.time()
     run.store = RolloutStore(run.out_dir / "rollouts.jsonl")
     requests = run.preset.build_requests()
-    report = run_rollouts(run.backend, requests, run.store, run.preset.sampling(run.config.seed),
-                          batch_size=run.preset.batch_size, progress=progress)
+    report = run_preset_rollouts(run.backend, run.preset, requests, run.store, run.config.seed, progress=progress)
     run.generated = report.generated
     run.wanted = {r.id for r in requests}
     run.records = [r for r in run.store.records() if r.id in run.wanted]
