@@ -30,6 +30,10 @@ from persona_axes.steering.interventions import Intervention, layer_vectors, nam
 CAP_KEYS = frozenset({"cap_kind", "percentile", "reference", "name", "method", "capped_layers"})
 
 
+#: What ``extra["calibrated_on"]`` says for each capture reduction of the reference activations.
+CALIBRATED_ON = {"all": "per_token", "mean": "reply_mean", "last": "last_token"}
+
+
 def cap_kind(value: Any, arg: str = "kind") -> CapKind:
     """``value`` as a :class:`~persona_axes.core.CapKind` (a member or ``"floor"``/``"ceiling"``), else
     :class:`InvalidInputError` naming ``arg``."""
@@ -189,7 +193,11 @@ def calibrate_cap(axis: Any, reference: Activations, layers: int | Iterable[int]
     """Thresholds from reference activations: the ``percentile`` of their projections onto the unit axis, per layer.
 
     E.g. ``calibrate_cap(axis, default_assistant_acts, range(16, 24), percentile=25)`` caps at the 25th percentile
-    of ordinary assistant responses.
+    of ordinary assistant responses. The cap acts on every token, so per-token reference activations
+    (``capture(..., reduce="all")``: one row per reply token) give a floor on the scale it acts on; reply means
+    (``reduce="mean"``) spread far less, so a percentile of them sits higher within the per-token spread and also
+    edits ordinary tokens. What the rows were is recorded in ``extra["calibrated_on"]`` (``"per_token"``,
+    ``"reply_mean"``, or the capture's reduction name) and in the default reference text.
     """
     percentile = check_percentile(percentile)
     kind = cap_kind(kind)
@@ -210,8 +218,11 @@ def calibrate_cap(axis: Any, reference: Activations, layers: int | Iterable[int]
         thresholds[L] = float(torch.quantile(proj.double(), percentile / 100.0))
         if not math.isfinite(thresholds[L]):
             raise InvalidInputError(f"the reference activations hold NaN or infinite values at layer {L}")
+    calibrated_on = CALIBRATED_ON.get(reference.reduction, reference.reduction)
+    what = "tokens (per-token projections)" if calibrated_on == "per_token" else f"items ({calibrated_on})"
     return CapConfig(axis=units, thresholds=thresholds, kind=kind, model=info, percentile=percentile,
-                     reference=reference_name or f"{len(reference)} reference items", name=name_of(axis, "axis"))
+                     reference=reference_name or f"{len(reference)} reference {what}", name=name_of(axis, "axis"),
+                     extra={"calibrated_on": calibrated_on})
 
 
 class ActivationCap(Intervention):
@@ -252,4 +263,4 @@ class ActivationCap(Intervention):
                 "thresholds": {str(L): self.config.thresholds[L] for L in self.layers}}
 
 
-__all__ = ["ActivationCap", "CapConfig", "calibrate_cap", "cap_kind", "check_percentile", "CAP_KEYS"]
+__all__ = ["ActivationCap", "CapConfig", "calibrate_cap", "cap_kind", "check_percentile", "CAP_KEYS", "CALIBRATED_ON"]
