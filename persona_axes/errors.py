@@ -64,6 +64,15 @@ class InvalidInputError(PersonaAxesError, ValueError):
     """An argument has the wrong shape, type or value (NaN, zero norm, wrong length, ...)."""
 
 
+class TargetOutOfRangeError(InvalidInputError):
+    """A requested behaviour intensity lies outside what a calibrated curve reaches; ``low``/``high`` hold the
+    reachable range."""
+
+    def __init__(self, message: str, low: float = float("nan"), high: float = float("nan")):
+        super().__init__(message)
+        self.low, self.high = low, high
+
+
 class JudgeError(PersonaAxesError, RuntimeError):
     """A judge could not score a response (bad reply from an HTTP judge, missing configuration, ...)."""
 
@@ -87,6 +96,7 @@ __all__ = [
     "StaleCheckpointError",
     "DataSchemaError",
     "InvalidInputError",
+    "TargetOutOfRangeError",
     "JudgeError",
     "EngineError",
 ]
