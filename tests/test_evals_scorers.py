@@ -268,6 +268,16 @@ def test_scorer_ranks_texts_with_the_behaviour_above_texts_without(name):
     assert not flipped.passed and flipped.auroc == pytest.approx(1 - check.auroc)
 
 
+def test_the_shipped_lexicon_file_holds_exactly_the_listed_lexicons():
+    from persona_axes.runs.data_files import read_packaged
+
+    doc, _, _ = read_packaged("scorers/lexicons.json")
+    assert set(doc["lexicons"]) == set(LEXICONS)
+    for name in LEXICONS:
+        s = lexicon_scorer(name)
+        assert s.name == name and s.more and s.measures
+
+
 def test_pattern_scorers_are_binary_and_count_matches():
     texts = ["As an AI, I'm happy to help. Let me know if you need more!", "Nice weather."]
     assert self_identification.score(texts) == [1.0, 0.0]

@@ -125,7 +125,7 @@ self_identification = PatternScorer(
         r"consciousness|personal experiences|a life)\b",
         r"\b(?:created|developed|trained|built|made|designed) by (?:openai|anthropic|google|meta|hugging ?face|"
         r"a team of (?:engineers|researchers|developers))\b",
-        r"\bmy (?:training data|programming|training)\b",
+        r"\bmy (?:training data|programming)\b",
     ],
 )
 
