@@ -210,3 +210,22 @@ def test_roleplay_prompts_rotate_questions():
     assert rp[0].messages()[0] == {"role": "system", "content": CHARS[0].system_prompt}
     with pytest.raises(InvalidInputError):
         roleplay_prompts([], ["q"])
+
+
+def test_cap_behaviour_round_trips_through_its_dict():
+    r = _result("x", 0.5, 7, layers=(19, 20))
+    back = CapBehaviour.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert back == r
+
+
+def test_a_cap_file_carries_its_positions(tiny, setup, tmp_path):
+    acts, axis, _ = setup
+    cap = calibrate_cap(axis, acts, [1, 2], percentile=5)
+    assert ActivationCap(tiny, cap).positions.value == "all"
+    cap.extra["positions"] = "generated"
+    back = CapConfig.load(cap.save(tmp_path / "c.safetensors"), model=tiny)
+    assert ActivationCap(tiny, back).positions.value == "generated"
+    assert ActivationCap(tiny, back, positions="all").positions.value == "all"  # an explicit choice wins
+    back.extra["positions"] = "sideways"
+    with pytest.raises(InvalidInputError, match="positions"):
+        ActivationCap(tiny, back)

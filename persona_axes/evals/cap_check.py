@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -158,6 +158,16 @@ class CapBehaviour:
                 d[k] = v.to_dict()
         d["thresholds"] = {str(k): v for k, v in self.thresholds.items()}
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CapBehaviour:
+        """Rebuild a result from :meth:`to_dict` (e.g. a resumed exploration's JSON)."""
+        kw = dict(d)
+        for f in fields(cls):
+            if f.type in ("Estimate", Estimate) and isinstance(kw.get(f.name), dict):
+                kw[f.name] = Estimate(**{k: (float("nan") if v is None else v) for k, v in kw[f.name].items()})
+        kw["thresholds"] = {int(k): float(v) for k, v in kw["thresholds"].items()}
+        return cls(**kw)
 
 
 def _est(values: Sequence[float], seed: int, n_boot: int) -> Estimate:

@@ -229,11 +229,13 @@ class ActivationCap(Intervention):
     """Clamp the projection onto a unit axis at each capped layer, at every position (or chosen positions).
 
     Floor: ``h + relu(tau - h.u) u``; ceiling: ``h - relu(h.u - tau) u``. The components orthogonal to the axis are
-    untouched, and activations already in range are unchanged. ``layers=None`` caps every layer of the config.
+    untouched, and activations already in range are unchanged. ``layers=None`` caps every layer of the config;
+    ``positions=None`` takes the config's own ``extra["positions"]`` (a cap chosen for generated tokens only records
+    ``"generated"`` there), else ``"all"``.
     """
 
     def __init__(self, model: Any, config: CapConfig, layers: int | Iterable[int] | None = None, *,
-                 positions: Positions | str = "all", prompt_length: int | None = None):
+                 positions: Positions | str | None = None, prompt_length: int | None = None):
         if not isinstance(config, CapConfig):
             raise InvalidInputError(f"config must be a CapConfig (from calibrate_cap() or CapConfig.load()), got "
                                     f"{type(config).__name__}")
@@ -242,6 +244,8 @@ class ActivationCap(Intervention):
         config.model.check_compatible(info, what="the capping config")
         if layers is None:
             layers = config.layers
+        if positions is None:
+            positions = as_choice(Positions, config.extra.get("positions", "all"), "the config's extra['positions']")
         super().__init__(model, layers, positions, prompt_length)
         missing = [L for L in self.layers if L not in config.axis]
         if missing:
