@@ -12,8 +12,9 @@ per token (``reduce="all"``); per-token settings take floor percentiles over tho
 reply means of the same capture (the recipe of the cap shipped before).
 
 Evaluation prompts are evaluation-only (``data/evals/heldout_roleplay.json``, ``heldout_questions.json``): role-play
-= the first ``--characters`` characters x 2 questions (one identity question, one ordinary request), ordinary = the
-first ``--ordinary`` ordinary requests (no system prompt), checkable = the first ``--checkable`` checkable
+= ``--characters`` characters (taken round-robin over the families) x ``--questions-per-character`` questions (an
+identity question, then an ordinary request), ordinary = the first ``--ordinary`` ordinary requests (no system
+prompt), checkable = the first ``--checkable`` checkable
 questions. Greedy, ``--tokens`` new tokens; uncapped replies are generated once. Each setting's result is appended
 to ``<out>.json`` as it finishes, and a rerun skips settings already there. Writes ``<out>.md`` (the table, the
 chosen default and why) and ``<out>.json``; with a chosen setting, ``<out>_cap.safetensors`` (its CapConfig, the
@@ -23,6 +24,7 @@ capped positions in ``extra["positions"]``).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import shlex
@@ -98,6 +100,8 @@ def main() -> None:
                     help="a capping file checked as it is ('' to skip)")
     ap.add_argument("--out", default="experiments/results/capping_smollm2")
     ap.add_argument("--characters", type=int, default=16)
+    ap.add_argument("--questions-per-character", type=int, choices=(1, 2), default=2,
+                    help="1: an identity question only; 2: and an ordinary request")
     ap.add_argument("--ordinary", type=int, default=8)
     ap.add_argument("--checkable", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=48)
@@ -126,11 +130,15 @@ def main() -> None:
         best = json.loads(summary.read_text()).get("best_layer") if summary.is_file() else None
         axis_layer = best if isinstance(best, int) else 20
     judge = EmbeddingJudge()
-    chars = load_heldout_roleplay()[: args.characters]
+    by_family: dict[str, list] = {}
+    for c in load_heldout_roleplay():
+        by_family.setdefault(c.family, []).append(c)
+    # round-robin over families, so a subset still covers every family
+    chars = [c for group in itertools.zip_longest(*by_family.values()) for c in group if c is not None][: args.characters]
     qs = load_heldout_questions()
     rp = [p for i, c in enumerate(chars) for p in (
         roleplay_prompts([c], [qs.identity[i % len(qs.identity)].text])
-        + roleplay_prompts([c], [qs.ordinary[-1 - i % len(qs.ordinary)].text]))]
+        + roleplay_prompts([c], [qs.ordinary[-1 - i % len(qs.ordinary)].text]))[: args.questions_per_character]]
     ordinary, checkable = list(qs.ordinary[: args.ordinary]), list(qs.checkable[: args.checkable])
 
     ref_items = reference_replies(model, Path(args.reference))
@@ -236,7 +244,7 @@ def write_markdown(path: Path, meta: dict, diag: dict, rows: list[dict], chosen,
                             "kept).", ""]),
         f"Axis `{n['axis']}`, projections read at layer {n['axis_layer']} (reply mean, without the cap). Reference: "
         f"{n['reference_replies']} default-assistant replies ({n['reference_tokens']} tokens). Evaluation-only prompts: "
-        f"{n['n_roleplay']} role-play (held-out characters x 1 identity question + 1 ordinary request), "
+        f"{n['n_roleplay']} role-play (held-out characters x an identity question [+ an ordinary request]), "
         f"{n['n_ordinary']} ordinary requests (no system prompt), {n['n_checkable']} checkable questions; greedy, "
         f"{n['max_new_tokens']} new tokens. In character = EmbeddingJudge role score >= 2. CIs: 95% bootstrap over items.",
         "",
