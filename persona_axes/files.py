@@ -348,6 +348,25 @@ def shipped_vectors_dir(model: str = DEFAULT_SHIPPED) -> Path:
     return root / model
 
 
-__all__ = ["DEFAULT_SHIPPED", "shipped_vectors_dir", "atomic_write", "atomic_path", "append_durably", "save_tensors", "load_tensors", "checksum", "read_safetensors_header",
+__all__ = ["DEFAULT_SHIPPED", "shipped_vectors_dir", "exclusive_lock", "atomic_write", "atomic_path", "append_durably", "save_tensors", "load_tensors", "checksum", "read_safetensors_header",
            "read_safetensors_metadata", "check_file", "restamp", "FileCheck", "LegacyFileWarning", "RESERVED_KEYS",
            "json_meta", "parse_json_meta"]
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: str | os.PathLike, busy: str) -> Iterator[None]:
+    """Hold ``lock_file`` (a :mod:`filelock` lock, its folder made if needed) for one writer; a second process
+    that tries meanwhile gets :class:`InvalidInputError` with ``busy`` (what is locked and how to proceed) and the
+    lock's path, at once, instead of waiting or interleaving its writes."""
+    from filelock import FileLock, Timeout
+
+    Path(lock_file).parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_file))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise InvalidInputError(f"{busy} (lock {lock.lock_file})") from None
+    try:
+        yield
+    finally:
+        lock.release()

@@ -49,6 +49,7 @@ from persona_axes.errors import (
     ModelMismatchError,
     StaleCheckpointError,
 )
+from persona_axes.files import exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -269,20 +270,9 @@ def _missing_ranges(n: int, done: list[tuple[int, int]], chunk_size: int) -> lis
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """Hold the lock in ``path``'s checkpoint folder, so that two processes never extract into one file at once."""
-    from filelock import FileLock, Timeout
-
-    partial = partial_dir(path)
-    partial.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(partial / ".lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise InvalidInputError(f"another process is extracting into {path} "
-                                f"(lock {lock.lock_file}); wait for it to finish or write elsewhere") from None
-    try:
+    with exclusive_lock(partial_dir(path) / ".lock",
+                        f"another process is extracting into {path}; wait for it to finish or write elsewhere"):
         yield
-    finally:
-        lock.release()
 
 
 __all__ = ["Extraction", "extract", "partial_dir"]

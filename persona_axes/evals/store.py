@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_axes.errors import FileFormatError, InvalidInputError
+from persona_axes.files import exclusive_lock
 from persona_axes.runs.store import LINE_CHECK_KEY, line_check, read_checked_line
 
 __all__ = ["ResultStore"]
@@ -126,19 +127,9 @@ class ResultStore:
     @contextlib.contextmanager
     def writing(self) -> Iterator[ResultStore]:
         """Hold the writer lock; a second writer of the same file gets :class:`InvalidInputError`."""
-        from filelock import FileLock, Timeout
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.path) + ".lock")
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise InvalidInputError(f"{self.path} is being written by another process; wait for it or use another "
-                                    "output path") from None
-        try:
+        with exclusive_lock(str(self.path) + ".lock", f"{self.path} is being written by another process; wait for "
+                            "it or use another output path"):
             yield self
-        finally:
-            lock.release()
 
     def append(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Append finished records (each with a string ``"id"``) and fsync them; an id seen before is replaced."""

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_axes.errors import FileFormatError, InvalidInputError
+from persona_axes.files import exclusive_lock
 from persona_axes.runs.requests import RolloutRequest
 
 __all__ = ["Rollout", "RolloutStore", "LINE_CHECK_KEY", "line_check", "read_checked_line"]
@@ -86,10 +87,12 @@ class Rollout:
 
     def item_metadata(self, judge_name: str | None = None) -> dict[str, Any]:
         """The per-item metadata captured activations carry for this rollout (what the pipeline and the CLI's
-        ``extract`` store): id, kind, name, polarity, prompt_index, question_id, and with a ``judge_name`` its
+        ``extract`` store): id, kind, name, polarity, prompt_index, question_id, split (None = fit), sample, and with a
+        ``judge_name`` its
         ``score`` (None when not judged or NaN)."""
         item: dict[str, Any] = {"id": self.id, "kind": self.kind, "name": self.name, "polarity": self.polarity,
-                                "prompt_index": self.prompt_index, "question_id": self.question_id}
+                                "prompt_index": self.prompt_index, "question_id": self.question_id,
+                                "split": self.split, "sample": self.sample}
         if judge_name is not None:
             s = self.score(judge_name)
             item["score"] = None if s is None or (isinstance(s, float) and math.isnan(s)) else s
@@ -257,23 +260,11 @@ class RolloutStore:
         """Hold the store's writer lock (a ``.lock`` file beside it) and re-read the file if it changed; a second
         process that tries to write the same store meanwhile gets :class:`InvalidInputError` instead of
         interleaving lines."""
-        from filelock import FileLock, Timeout
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.path) + ".lock")
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise InvalidInputError(
-                f"{self.path} is being written by another process (lock {lock.lock_file}); wait for it to finish "
-                "or use another store path"
-            ) from None
-        try:
+        with exclusive_lock(str(self.path) + ".lock", f"{self.path} is being written by another process; wait for "
+                            "it to finish or use another store path"):
             if self._file_stamp() != self._stamp:  # changed since this object read or wrote it
                 self.reload()
             yield self
-        finally:
-            lock.release()
 
     # ---- reading
 
