@@ -128,3 +128,49 @@ def test_two_processes_writing_one_run_folder(tmp_path, mode):
         from persona_axes.runs.summary import RunSummary
 
         assert RunSummary.load(out / "summary.json").n_rollouts["role"] == 12
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A preset with held-out splits: vectors from fit replies only, the layer sweep on held-out ones
+# ----------------------------------------------------------------------------------------------------------------
+
+HELD = RolloutPreset(name="held", roles=("pirate", "accountant", "dog", "oracle", "chef", "dragon"),
+                     prompts_per_role=1, questions=2, default_prompts=2, traits=("evil",), trait_pairs=2,
+                     trait_questions=2, samples=2, max_new_tokens=5, temperature=0.7, batch_size=8, heldout=True,
+                     heldout_questions=2, default_questions=3, greedy_first=True, trait_samples=1,
+                     trait_pairs_per_question=1, trait_extra_questions=1, trait_select_questions=1)
+
+
+def test_heldout_pipeline_fits_on_fit_replies_and_sweeps_on_heldout_ones(tiny, tmp_path):
+    from persona_axes.runs.store import RolloutStore
+    from persona_axes.stats import auroc
+
+    cfg = PipelineConfig(preset=HELD, judge="none", min_role_samples=1, min_trait_samples=1, n_components=3)
+    res = run_pipeline(tiny, tmp_path, cfg, progress=False)
+    recs = RolloutStore(tmp_path / "rollouts.jsonl").records()
+    # sample 0 greedy, sample 1 sampled at the preset's temperature
+    assert {r.sampling["temperature"] for r in recs if r.sample == 0} == {0.0}
+    assert {r.sampling["temperature"] for r in recs if r.sample == 1} == {0.7}
+    held_roles = {r.name for r in recs if r.kind == "role" and r.split == "evaluation"}
+    assert held_roles == {"chef", "dragon"}  # index 4 of their families
+    assert set(res.roles.names) == {"pirate", "accountant", "dog", "oracle"}
+    acts = {k: pa.Activations.load(tmp_path / "activations" / f"{k}.safetensors") for k in ("role", "default", "trait")}
+    fit_d = acts["default"].select(lambda it: it["split"] is None).values.double().mean(0)
+    fit_r = torch.stack([acts["role"].select(lambda it, n=n: it["name"] == n and it["split"] is None)
+                         .values.double().mean(0) for n in ("pirate", "accountant", "dog", "oracle")])
+    assert torch.allclose(res.axis.vector.double(), fit_d - fit_r.mean(0), atol=1e-4)
+    ev = acts["trait"].select(lambda it: it["split"] == "extraction")
+    ref = ev.where(polarity="pos").values.double().mean(0) - ev.where(polarity="neg").values.double().mean(0)
+    assert torch.allclose(res.traits["evil"].vector.double(), ref, atol=1e-4)
+    assert any(it["split"] == "evaluation" for it in acts["trait"].items)  # captured, never fitted on
+    s = res.summary
+    assert s.layer_sweep_evaluated_on == "held-out" and s.heldout["n_heldout"]["role"] == 2 * 2 * 2 * 2
+    hd = acts["default"].select(lambda it: it["split"] == "evaluation")
+    hr = acts["role"].select(lambda it: it["split"] == "evaluation")
+    for row in s.layer_sweep:
+        u = res.axis.vector[row["layer"]].double()
+        u = u / u.norm()
+        p1, p0 = (hd.at(row["layer"]).double() @ u).tolist(), (hr.at(row["layer"]).double() @ u).tolist()
+        assert row["auroc"] == pytest.approx(auroc([True] * len(p1) + [False] * len(p0), p1 + p0), abs=1e-9)
+        lo, hi = row["auroc_ci"]
+        assert lo <= row["auroc"] + 1e-9 and row["auroc"] - 1e-9 <= hi

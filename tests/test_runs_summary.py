@@ -38,7 +38,8 @@ def test_shipped_summary_is_typed_and_round_trips_key_for_key():
     assert s.best_layer == d["best_layer"] and s.capping.layers == d["capping"]["layers"]
     assert s.role_acceptance["pirate"].total == d["role_acceptance"]["pirate"]["total"]
     out = s.to_dict()
-    assert out == {**d, "empty_replies_left_out": d.get("empty_replies_left_out", [])}
+    defaults = {"empty_replies_left_out": [], "layer_sweep_evaluated_on": "in-sample", "heldout": {}}
+    assert out == {**defaults, **d}
     assert list(out)[:4] == ["model", "preset", "judge", "n_rollouts"]
     # the dict view readers used before
     assert s["best_layer"] == d["best_layer"] and s["capping"] == d["capping"] and s["traits"] == d["traits"]

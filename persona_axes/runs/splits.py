@@ -5,7 +5,7 @@ The split is a pure function of the data (file order), so every run, test and re
 it anywhere:
 
 * **roles**: within each family, in file order, every ``role_every``-th role (0-based indices 4, 9, ... with the
-  default 5) is held out: 14 of the 70 packaged roles;
+  default 5) is held out: 13 of the 70 packaged roles (families of 9-11 roles);
 * **role prompts**: prompt variants ``0 .. fit_prompts-1`` fit, the rest (3 and 4 of 5) are held out;
 * **questions**: within each category, in file order, the last ``heldout_per_category`` questions (6 of 16) are
   held out;

@@ -36,6 +36,7 @@ from persona_axes.activations.extraction import extract
 from persona_axes.activations.readers.base import as_backend
 from persona_axes.core import RolloutKind, check_float, check_int
 from persona_axes.errors import FileFormatError, InvalidInputError, StaleCheckpointError
+from persona_axes.files import exclusive_lock
 from persona_axes.judges.base import judge_from_spec, role_item_accepted, trait_item_kept
 from persona_axes.runs.datasets import load_roles, load_traits
 from persona_axes.runs.publish import publish
@@ -46,6 +47,7 @@ from persona_axes.runs.summary import CappingSummary, RoleAcceptance, RunSummary
 from persona_axes.steering.capping import CapConfig, calibrate_cap
 from persona_axes.vectors.methods import mean_vector, role_vectors, trait_vector
 from persona_axes.vectors.space import PersonaSpace
+from persona_axes.vectors.units import unit_stats, with_unit_stats
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,18 @@ class Run:
         if self.sweep is None:
             raise InvalidInputError("the space stage has not run yet: no layer is chosen")
         return self.sweep.best_layer
+
+    def fit(self, kind: str) -> Activations:
+        """The captured replies of ``kind`` the vectors are built from (role/default: split None; trait:
+        extraction), leaving out held-out replies."""
+        ok = (None, "extraction") if kind == "trait" else (None,)
+        return self.activations[kind].select(lambda it: it.get("split") in ok)
+
+    def heldout(self, kind: str) -> Activations | None:
+        """The held-out replies of ``kind`` (split ``"evaluation"``), or None when the run has none."""
+        acts = self.activations.get(kind)
+        held = None if acts is None else acts.select(lambda it: it.get("split") == "evaluation")
+        return held if held is not None and len(held) else None
 
     def result(self) -> PipelineResult:
         if self.summary is None:
@@ -238,7 +252,7 @@ def vectors_stage(run: Run, *, progress: bool = True) -> Run:
     """Role vectors (means of accepted replies, roles with too few skipped), the default Assistant's mean, and
     trait vectors (mean difference of judge-kept replies; unfiltered when too few are kept)."""
     with _timed(run, "vectors_s"):
-        role_acts = run.activations["role"]
+        role_acts = run.fit("role")
         run.accepted = role_acts.select(role_item_accepted)
         run.acceptance = {}
         for name in dict.fromkeys(it["name"] for it in role_acts.items):
@@ -251,9 +265,9 @@ def vectors_stage(run: Run, *, progress: bool = True) -> Run:
             warnings.simplefilter("ignore")  # the skipped roles are reported in the summary instead
             run.roles = role_vectors(run.accepted, key="name", min_count=run.config.min_role_samples,
                                      families=run.families)
-        run.default = mean_vector(run.activations["default"], name="default_assistant")
+        run.default = mean_vector(run.fit("default"), name="default_assistant")
         run.traits, run.trait_counts = {}, {}
-        ta = run.activations.get("trait")
+        ta = run.fit("trait") if "trait" in run.activations else None
         for name in dict.fromkeys(it["name"] for it in ta.items) if ta is not None else ():
             pos_all, neg_all = ta.where(name=name, polarity="pos"), ta.where(name=name, polarity="neg")
             pos = pos_all.select(lambda it: trait_item_kept(it, True))
@@ -261,8 +275,9 @@ def vectors_stage(run: Run, *, progress: bool = True) -> Run:
             filtered = len(pos) >= run.config.min_trait_samples and len(neg) >= run.config.min_trait_samples
             if not filtered:
                 pos, neg = pos_all, neg_all
-            run.traits[name] = trait_vector(pos, neg, "mean_diff", name=name, metadata={
+            vec = trait_vector(pos, neg, "mean_diff", name=name, metadata={
                 "judge_filtered": str(filtered).lower(), "judge": run.judge.name})
+            run.traits[name] = with_unit_stats(vec, unit_stats(vec, run.fit("default"), pos, neg))
             run.trait_counts[name] = {"n_pos": len(pos), "n_neg": len(neg), "n_pos_all": len(pos_all),
                                       "n_neg_all": len(neg_all), "judge_filtered": filtered}
     return run
@@ -273,8 +288,15 @@ def space_stage(run: Run, *, progress: bool = True) -> Run:
     layer separating default-assistant from role replies best."""
     with _timed(run, "vectors_s"):
         run.space = PersonaSpace(n_components=run.config.n_components).fit(run.roles, default=run.default)
-        run.axis = run.space.assistant_axis()
-        run.sweep = run.space.layer_sweep(run.activations["default"], run.accepted)
+        axis = run.space.assistant_axis()
+        run.axis = with_unit_stats(axis, unit_stats(axis, run.fit("default"), negative=run.accepted))
+        held_default, held_role = run.heldout("default"), run.heldout("role")
+        held_role = None if held_role is None else held_role.select(role_item_accepted)
+        if held_default is not None and held_role is not None and len(held_default) > 1 and len(held_role) > 1:
+            run.sweep = run.space.layer_sweep(held_default, held_role, n_boot=1000, seed=run.config.seed,
+                                              evaluated_on="held-out")
+        else:  # no held-out replies (e.g. the quick preset): the sweep is in-sample, and says so
+            run.sweep = run.space.layer_sweep(run.fit("default"), run.accepted, n_boot=1000, seed=run.config.seed)
     return run
 
 
@@ -284,7 +306,7 @@ def calibrate_run_cap(run: Run, layers: Sequence[int] | None = None, percentile:
     if layers is None:
         n, best, half = run.backend.info.n_layers, run.best_layer, run.config.cap_band
         layers = [L for L in range(best - half, best + half + 1) if 0 <= L < n]
-    default = run.activations["default"]
+    default = run.fit("default")
     return calibrate_cap(run.axis, default, layers,
                          percentile=run.config.cap_percentile if percentile is None else percentile, kind="floor",
                          reference_name=f"{len(default)} default-assistant replies ({run.preset.name} preset)")
@@ -349,7 +371,23 @@ def _summary(run: Run) -> RunSummary:
         capping=CappingSummary(layers=list(cap.layers), percentile=cap.percentile, kind=str(cap.kind),
                                thresholds={str(L): cap.thresholds[L] for L in cap.layers}),
         timings_s=timings,
+        layer_sweep_evaluated_on=run.sweep.evaluated_on,
+        heldout=_heldout_summary(run),
     )
+
+
+def _heldout_summary(run: Run) -> dict[str, Any]:
+    """The split and held-out counts (empty without held-out replies)."""
+    if not run.preset.heldout:
+        return {}
+    from persona_axes.runs.splits import split_data
+    from persona_axes.runs.datasets import load_default_prompts, load_questions
+
+    split = split_data(load_roles(), load_questions(), len(load_default_prompts()))
+    counts = {k: len(h) if (h := run.heldout(k)) is not None else 0 for k in run.activations}
+    role = run.heldout("role")
+    accepted = 0 if role is None else len(role.select(role_item_accepted))
+    return {"split": split.to_dict(), "n_heldout": counts, "n_heldout_role_accepted": accepted}
 
 
 PIPELINE_STAGES: tuple[Stage, ...] = (rollouts_stage, judge_stage, capture_stage, vectors_stage, space_stage,
@@ -360,20 +398,10 @@ PIPELINE_STAGES: tuple[Stage, ...] = (rollouts_stage, judge_stage, capture_stage
 def run_lock(out_dir: str | Path) -> Iterator[None]:
     """Hold ``out_dir/.run.lock``: a second process writing the same run folder meanwhile is refused with
     :class:`InvalidInputError` (nothing it would write is lost or interleaved: it writes nothing)."""
-    from filelock import FileLock, Timeout
-
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(out / ".run.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise InvalidInputError(f"{out} is being written by another pipeline process (lock {lock.lock_file}); wait "
-                                "for it to finish, or give another output folder") from None
-    try:
+    with exclusive_lock(out / ".run.lock", f"{out} is being written by another pipeline process; wait for it to "
+                        "finish, or give another output folder"):
         yield
-    finally:
-        lock.release()
 
 
 def run_stages(run: Run, stages: Sequence[Stage] = PIPELINE_STAGES, *, progress: bool = True) -> Run:

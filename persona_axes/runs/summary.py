@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -88,6 +88,10 @@ class RunSummary:
     capping: CappingSummary
     timings_s: dict[str, float]
     empty_replies_left_out: list[str] = field(default_factory=list)
+    #: what the layer sweep was measured on: "held-out" (replies nothing was fitted on) or "in-sample"
+    layer_sweep_evaluated_on: str = "in-sample"
+    #: the fit/held-out split (runs.splits.DataSplit.to_dict()) and held-out reply counts; {} without a split
+    heldout: dict[str, Any] = field(default_factory=dict)
 
     # ---- the JSON form
 
@@ -120,7 +124,8 @@ class RunSummary:
         unknown = sorted(set(data) - set(names) - {SUMMARY_CHECKSUM_KEY})
         if unknown:
             raise FileFormatError(f"{where}: unknown key(s) {unknown} in a run summary")
-        missing = [n for n, f in names.items() if n not in data and n != "empty_replies_left_out"]
+        missing = [n for n, f in names.items() if n not in data and f.default is MISSING
+                   and f.default_factory is MISSING]
         if missing:
             raise FileFormatError(f"{where}: the run summary lacks key(s) {missing}")
         kw: dict[str, Any] = {}
@@ -147,7 +152,8 @@ class RunSummary:
                            ("roles_kept", list), ("roles_skipped", dict), ("pc1_cosine_by_layer", list),
                            ("pc1_explained_variance_by_layer", list), ("layer_sweep", list),
                            ("role_pc1_at_best_layer", dict), ("family_mean_pc1_at_best_layer", dict),
-                           ("timings_s", dict), ("empty_replies_left_out", list)):
+                           ("timings_s", dict), ("empty_replies_left_out", list), ("heldout", dict),
+                           ("layer_sweep_evaluated_on", str)):
             _expect(getattr(self, name), kind, name)
         for name in ("rollouts_generated_this_run", "min_role_samples", "best_layer"):
             _expect(getattr(self, name), int, name)

@@ -18,10 +18,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from persona_axes.activations.container import Activations
-from persona_axes.core import ModelInfo, normalize_layers
+from persona_axes.core import ModelInfo, check_int, normalize_layers
 from persona_axes.errors import InvalidInputError, LayerOutOfRangeError, ModelMismatchError
 from persona_axes.vectors.containers import PersonaVector, VectorSet
 from persona_axes.vectors.methods import all_layer_values
@@ -37,6 +38,9 @@ class LayerSweep:
     default item projects higher than a role item (ties count half). ``cohens_d [n]``: difference of the mean
     projections (default - role) over their pooled standard deviation. ``pc1_cosine [n]``: cos(axis, PC1).
     ``default_mean`` / ``role_mean [n]``: mean projections. ``best_layer``: chosen by ``rule``.
+    ``auroc_ci`` / ``cohens_d_ci [n, 2]``: 95% percentile-bootstrap intervals (both sets resampled with replacement,
+    each on its own), NaN when the sweep ran without bootstrap. ``evaluated_on``: what the two sets were, e.g.
+    ``"held-out"`` (replies to roles, prompts or questions nothing was fitted on) or ``"in-sample"``.
     """
 
     layers: tuple[int, ...]
@@ -49,6 +53,9 @@ class LayerSweep:
     n_role: int
     best_layer: int
     rule: str
+    auroc_ci: torch.Tensor | None = None
+    cohens_d_ci: torch.Tensor | None = None
+    evaluated_on: str = "in-sample"
 
     def to_records(self) -> list[dict[str, Any]]:
         """One dict per layer: ``layer, auroc, cohens_d, pc1_cosine, default_mean, role_mean, best``."""
@@ -61,6 +68,9 @@ class LayerSweep:
                 "default_mean": float(self.default_mean[j]),
                 "role_mean": float(self.role_mean[j]),
                 "best": L == self.best_layer,
+                **({} if self.auroc_ci is None else {
+                    "auroc_ci": [float(x) for x in self.auroc_ci[j]],
+                    "cohens_d_ci": [float(x) for x in self.cohens_d_ci[j]]}),
             }
             for j, L in enumerate(self.layers)
         ]
@@ -306,9 +316,12 @@ class PersonaSpace:
             metadata={"n_roles": str(self.n_roles_), "n_default": str(self.n_default_)},
         )
 
-    def layer_sweep(self, default_acts: Activations, role_acts: Activations, *, tol: float = 1e-9) -> LayerSweep:
+    def layer_sweep(self, default_acts: Activations, role_acts: Activations, *, tol: float = 1e-9,
+                    n_boot: int = 0, seed: int = 0, evaluated_on: str = "in-sample") -> LayerSweep:
         """Per fitted layer captured in both sets: AUROC and Cohen's d of the projections on the unit Assistant
-        Axis (default vs role activations), and cos(axis, PC1).
+        Axis (default vs role activations), and cos(axis, PC1); with ``n_boot`` > 0, 95% bootstrap intervals
+        (``seed`` fixes the resampling). Pass held-out replies and ``evaluated_on="held-out"`` to measure the axis
+        on data it was not built from.
 
         ``best_layer`` rule: the highest AUROC; layers within ``tol`` of it (AUROC often saturates at 1) are
         ranked by the largest Cohen's d, then by the lowest layer.
@@ -329,7 +342,13 @@ class PersonaSpace:
                 f"the activations share no layer with this space (fitted layers {list(self.layers_)}, default "
                 f"{list(default_acts.layers)}, role {list(role_acts.layers)})"
             )
+        check_int(n_boot, "n_boot", minimum=0)
+        check_int(seed, "seed")
         n1, n0 = len(default_acts), len(role_acts)
+        gen = np.random.default_rng(seed)
+        boot1 = gen.integers(0, n1, size=(n_boot, n1))
+        boot0 = gen.integers(0, n0, size=(n_boot, n0))
+        ci = {k: torch.full((len(layers), 2), float("nan"), dtype=torch.float64) for k in ("auroc", "d")}
         stats = {k: torch.empty(len(layers), dtype=torch.float64) for k in ("auroc", "d", "pc1", "m1", "m0")}
         for i, L in enumerate(layers):
             u = self.direction(L, "axis").double()
@@ -350,6 +369,11 @@ class PersonaSpace:
             stats["d"][i] = diff / sd if sd > 0 else (0.0 if diff == 0 else float("inf") * (1 if diff > 0 else -1))
             stats["pc1"][i] = float(self.pc1_cosine_[self.layer_position(L)])
             stats["m1"][i], stats["m0"][i] = float(p1.mean()), float(p0.mean())
+            if n_boot:
+                a, b = p1.numpy(), p0.numpy()
+                reps = np.array([separation(a[i1], b[i0]) for i1, i0 in zip(boot1, boot0)])
+                ci["auroc"][i] = torch.from_numpy(np.nanpercentile(reps[:, 0], [2.5, 97.5]))
+                ci["d"][i] = torch.from_numpy(np.nanpercentile(reps[:, 1], [2.5, 97.5]))
         top = float(stats["auroc"].max())
         cands = [i for i in range(len(layers)) if stats["auroc"][i] >= top - tol]
         best = max(cands, key=lambda i: (float(stats["d"][i]), -layers[i]))
@@ -357,7 +381,22 @@ class PersonaSpace:
             layers=tuple(layers), auroc=stats["auroc"], cohens_d=stats["d"], pc1_cosine=stats["pc1"],
             default_mean=stats["m1"], role_mean=stats["m0"], n_default=n1, n_role=n0, best_layer=layers[best],
             rule=f"max AUROC; ties within {tol:g} broken by max Cohen's d, then lowest layer",
+            auroc_ci=ci["auroc"] if n_boot else None, cohens_d_ci=ci["d"] if n_boot else None,
+            evaluated_on=str(evaluated_on),
         )
 
 
-__all__ = ["PersonaSpace", "LayerSweep"]
+def separation(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float]:
+    """(AUROC, Cohen's d) of two sets of 1-d scores: P(pos > neg) with ties counting half, and the mean difference
+    over the pooled standard deviation."""
+    from scipy.stats import rankdata
+
+    n1, n0 = len(pos), len(neg)
+    ranks = rankdata(np.concatenate([pos, neg]), method="average")
+    auroc = (float(ranks[:n1].sum()) - n1 * (n1 + 1) / 2) / (n1 * n0)
+    pooled = ((n1 - 1) * float(pos.var(ddof=1)) + (n0 - 1) * float(neg.var(ddof=1))) / (n1 + n0 - 2)
+    diff = float(pos.mean() - neg.mean())
+    return auroc, (diff / pooled**0.5 if pooled > 0 else float("nan"))
+
+
+__all__ = ["PersonaSpace", "LayerSweep", "separation"]
