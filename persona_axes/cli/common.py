@@ -82,7 +82,7 @@ def preset_help(default: str = "quick") -> str:
     from persona_axes.runs.presets import PRESETS
 
     return "rollout preset: " + ", ".join(f"{n}{' (default)' if n == default else ''}" for n in PRESETS) + \
-        " (see persona_axes.runs.requests.PRESETS)"
+        " (see persona_axes.runs.presets.PRESETS)"
 
 
 def one_line(e: BaseException | str) -> str:

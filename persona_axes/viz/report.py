@@ -131,6 +131,9 @@ def text_summary(result: PipelineResult, *, layer: int | None = None) -> str:
         f"layer {L} ({'chosen by the sweep' if layer is None else 'given'}): cos(axis, PC1) {s.pc1_cosine_by_layer[L]:+.3f}, "
         f"PC1 explains {s.pc1_explained_variance_by_layer[L]:.1%} of role variance",
         "",
+        f"AUROC and d measured {s.layer_sweep_evaluated_on}"
+        + (" (replies to roles, prompts or questions the axis was not built from)"
+           if s.layer_sweep_evaluated_on == "held-out" else " (on the replies that built the axis)"),
         f"{'layer':>5}  {'cos(axis,PC1)':>13}  {'PC1 var':>7}  {'AUROC':>6}  {'d':>5}",
     ]
     nan = float("nan")
@@ -179,7 +182,8 @@ def pipeline_report(result: PipelineResult, *, layer: int | None = None,
     figures: list[tuple[str, str, Any]] = []  # (heading, caption, figure)
 
     figures.append(("Layer sweep", "How well the Assistant Axis separates default-assistant replies from role "
-                    "replies at each layer (AUROC, Cohen's d) and how closely it aligns with PC1.",
+                    f"replies at each layer (AUROC, Cohen's d; measured {s.layer_sweep_evaluated_on}) and how "
+                    "closely it aligns with PC1.",
                     plots.layer_sweep(s.layer_sweep)))
     samples = _role_samples(out_dir)
     figures.append((f"Persona map at layer {L}", "Each role's mean vector on the first two principal components, "
@@ -229,8 +233,9 @@ def pipeline_report(result: PipelineResult, *, layer: int | None = None,
 
     rows = [(k, f"{c:+.3f}", f"{ev:.3f}", "" if auc is None else f"{auc:.3f}", "" if d is None else f"{d:.2f}")
             for k, c, ev, auc, d in _per_layer(s)]
-    parts.append("<h2>Per layer</h2>" + html_table(("layer", "cos(axis, PC1)", "PC1 explained variance", "AUROC",
-                                               "Cohen's d"), rows, highlight=L))
+    parts.append("<h2>Per layer</h2>" + html_table(("layer", "cos(axis, PC1)", "PC1 explained variance",
+                                                   f"AUROC ({s.layer_sweep_evaluated_on})",
+                                                   f"Cohen's d ({s.layer_sweep_evaluated_on})"), rows, highlight=L))
 
     default_pc1, ranked = _pc1_ranking(result, L)
     fam = result.roles.families
