@@ -11,13 +11,14 @@ from typing import Any
 import torch
 
 from persona_axes.cli.common import LAYER_HELP, add_command, format_layers, parse_layer_spec, read_vector, require_file
+from persona_axes.cli.interventions import UNIT_HELP, check_unit_source
 from persona_axes.core import Unit
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from persona_axes.errors import InvalidInputError
     from persona_axes.export import FORMATS, export_vector, exported_layers, import_vector
-    from persona_axes.vectors.units import reference_norms, unit_scales
+    from persona_axes.vectors.units import layer_units, unit_scales
 
     fmt = args.format
     if fmt not in FORMATS:
@@ -31,21 +32,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
             raise InvalidInputError("--normalize is --coef-unit unit; pass one of them")
         unit = Unit.UNIT
     vec = read_vector(args.path, name=args.name)
+    if unit in (Unit.REL, Unit.SD, Unit.GAP) and fmt != "gguf":
+        raise InvalidInputError(f"--coef-unit {unit.value} applies to --format gguf only")
+    if args.reference:
+        require_file(args.reference, "reference activations file")
+    check_unit_source(unit, vec, args.reference, "export")
     reference = None
-    if unit == Unit.REL:
-        if fmt != "gguf":
-            raise InvalidInputError("--coef-unit rel applies to --format gguf only")
-        if not args.reference:
-            raise InvalidInputError(
-                "--coef-unit rel needs --reference ACTIVATIONS: the activations file whose mean residual norm per "
-                "layer sets the unit (the same file you pass to 'persona-axes steer --reference')"
-            )
+    if args.reference:
         from persona_axes.activations.container import Activations
 
-        require_file(args.reference, "reference activations file")
         reference = Activations.load(args.reference, model=vec.model, strict_name=False)
-    elif args.reference:
-        raise InvalidInputError("--reference applies to --coef-unit rel only")
     opts: dict = {}
     layers = None
     if args.layers is not None:
@@ -55,8 +51,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         opts["scale"] = coef
     if unit == Unit.UNIT:
         opts["normalize"] = True
-    if unit == Unit.REL:
-        opts.update(unit="rel", reference=reference)
+    if unit in (Unit.REL, Unit.SD, Unit.GAP):
+        opts.update(unit=unit.value, reference=reference)
     if fmt in ("numpy", "safetensors") and opts:
         raise InvalidInputError(f"--layers/--coef/--coef-unit/--normalize apply to gguf and repeng only; the {fmt} "
                                 "format stores the vector itself, every layer exactly")
@@ -77,8 +73,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return 0
     # read back and compare with what should be there: coef * unit scale[L] * v[L] at the exported layers
     back = import_vector(out, fmt, **({"model": vec.model} if fmt == "repeng" else {}))
-    norms = reference_norms(reference, vec.model) if reference is not None else None
-    scales = unit_scales({L: vec.vector[L] for L in check}, unit, norms, f"vector {vec.name!r}")
+    rows = {L: vec.vector[L] for L in check}
+    scales = unit_scales(rows, unit, layer_units(unit, vec.model, rows, vec, reference), f"vector {vec.name!r}")
     want = torch.stack([vec.vector[L].double() * scales[L] for L in check]) * (coef if coef is not None else 1.0)
     if fmt in ("gguf", "repeng"):
         key = "gguf_layers" if fmt == "gguf" else "repeng_layers"
@@ -109,18 +105,19 @@ def register(sub: Any) -> None:
         "Write a vector in another format and read it back to check it (prints 'verified').\n\n"
         "gguf (a llama.cpp control vector) can bake a steer in: --layers, --coef and --coef-unit mean what they "
         "mean for 'persona-axes steer', and the file holds, at each chosen layer L, exactly the vector steer adds "
-        "there (coef x unit scale at L x the vector at L; rel: the unit scale is the mean residual norm at L, "
-        "measured on --reference activations, over the vector's norm) and nothing at the other layers. So "
+        "there (coef x unit scale at L x the vector at L; rel, sd, gap: the unit's size at L, from the vector's "
+        "stored unit statistics or measured on --reference activations, over the vector's norm) and nothing at "
+        "the other layers. So "
         "'llama-cli --control-vector FILE' reproduces 'persona-axes steer VECTOR --layers ... --coef ... "
-        "--coef-unit ... --reference ...' (steer without --reference measures the norms on its own prompt: pass "
-        "the same activations to both for identical numbers). llama.cpp adds direction.L to the output of block L "
+        "--coef-unit ... --reference ...' (pass the same --reference to both, or none when the vector stores its "
+        "unit statistics). llama.cpp adds direction.L to the output of block L "
         "(0-based, as here) and cannot steer layer 0. 'llama-cli --control-vector-scaled FILE:S' multiplies the "
         "whole file by S once more.\n\n"
         "Without --layers, gguf and repeng hold layers 1..n-1 (every layer llama.cpp can steer), each the raw "
         "vector times --coef.",
         "examples:\n"
         "  persona-axes export vectors/smollm2-135m-instruct/assistant_axis.safetensors --format gguf "
-        "--out axis_l20.gguf --layers 20 --coef-unit rel --coef 0.3 --reference acts.safetensors\n"
+        "--out axis_l20.gguf --layers 20 --coef-unit sd --coef 3 --reference runs/demo/activations/default.safetensors\n"
         "  llama-cli -m model.gguf --control-vector axis_l20.gguf -p 'Who are you?'\n"
         "  persona-axes export vectors/smollm2-135m-instruct/traits/evil.safetensors --format gguf "
         "--out evil.gguf --layers 10:20 --coef 2\n"
@@ -134,9 +131,9 @@ def register(sub: Any) -> None:
     exp.add_argument("--coef", type=float, default=None, help="steering coefficient in --coef-unit units (gguf/repeng "
                      "only; default 1)")
     exp.add_argument("--coef-unit", choices=Unit.values(), default=Unit.RAW.value,
-                     help="raw (the vector as stored), unit (unit-normalised per layer), rel (x the mean residual "
-                     "norm per layer of --reference; gguf only) — as for 'persona-axes steer'")
-    exp.add_argument("--reference", default=None, help="activations file for --coef-unit rel")
+                     help=UNIT_HELP + " (rel, sd, gap: gguf only) — as for 'persona-axes steer'")
+    exp.add_argument("--reference", default=None, help="default-assistant activations file (reduce mean) for "
+                     "--coef-unit rel or sd (default: the vector's stored unit statistics)")
     exp.add_argument("--scale", type=float, default=None, help="old name of --coef")
     exp.add_argument("--normalize", action="store_true", help="same as --coef-unit unit")
     exp.add_argument("--model-hint", default=None, help="architecture hint for gguf/repeng (default: llama)")

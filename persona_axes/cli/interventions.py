@@ -18,6 +18,33 @@ from persona_axes.core import ModelInfo, Positions, Unit
 from persona_axes.errors import InvalidInputError
 
 
+UNIT_HELP = ("raw (the vector as stored), unit (along the unit vector), rel (x the mean norm of default-assistant "
+             "reply-mean activations), sd (x the spread of default-assistant projections on the vector), gap (x the "
+             "gap between the vector's two groups, e.g. default minus role replies); rel, sd and gap use the "
+             "vector's stored unit statistics, or --reference (rel, sd)")
+
+
+def check_unit_source(unit: Unit, vector: Any, reference: str | None, command: str) -> None:
+    """Before loading a model: refuse a unit whose size per layer nothing supplies (no stored statistics in the
+    vector file and no --reference), and --reference where the unit does not use it."""
+    from persona_axes.vectors.units import stats_of
+
+    if unit in (Unit.RAW, Unit.UNIT):
+        if reference:
+            raise InvalidInputError(f"--reference applies to --coef-unit rel or sd only, not {unit.value}")
+        return
+    if unit == Unit.GAP and reference:
+        raise InvalidInputError("--coef-unit gap uses the vector's stored unit statistics (the gap between its two "
+                                "groups); --reference cannot give it: drop --reference")
+    if reference or stats_of(vector) is not None:
+        return
+    how = ("a vector file with stored unit statistics (persona_axes.vectors.units.with_unit_stats, measured with "
+           "both groups)" if unit == Unit.GAP else
+           "--reference ACTIVATIONS (default-assistant replies captured with reduce mean, e.g. "
+           "<run>/activations/default.safetensors) or a vector file with stored unit statistics")
+    raise InvalidInputError(f"{command} --coef-unit {unit.value} needs {how}; this vector stores none")
+
+
 def _print_replies(labels: list[str], replies: list[str]) -> None:
     width = max(len(s) for s in labels)
     for lab, rep in zip(labels, replies):
@@ -46,7 +73,6 @@ def _fmt(x: float | None) -> str:
 
 
 def _cmd_steer(args: argparse.Namespace) -> int:
-    from persona_axes.activations.batch import capture
     from persona_axes.activations.container import Activations
     from persona_axes.steering.generation import generate_replies
     from persona_axes.steering.interventions import Steer
@@ -54,21 +80,17 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     coefs = parse_coefs(args.coef)
     require_file(args.vector, "vector file")
     # Check cheap things before loading the model.
-    if file_kind(args.vector)[0] != "repeng":
-        read_vector(args.vector, name=args.name, preflight_model=args.model)
+    pre = read_vector(args.vector, name=args.name, preflight_model=args.model) \
+        if file_kind(args.vector)[0] != "repeng" else None
     if args.reference:
         require_file(args.reference, "reference activations file")
+    check_unit_source(Unit(args.coef_unit), pre, args.reference, "steer")
     convs, meta = _conversations(args)
     sampling = _sampling(args)
     loaded = load_model_from_args(args)
     vec = read_vector(args.vector, name=args.name, model=loaded)
     layers = parse_layer_spec(args.layers, loaded.layers.n_layers)
-    reference = None
-    if args.coef_unit == "rel":
-        if args.reference:
-            reference = Activations.load(args.reference, model=loaded)
-        else:  # the prompts' own token norms as the typical residual size
-            reference = capture(loaded, convs, layers=layers, which="user", reduce="all", progress=False)
+    reference = Activations.load(args.reference, model=loaded) if args.reference else None
     print(f"steering with {vec.name!r} ({vec.method}) at layers {format_layers(layers)}, unit={args.coef_unit}, "
           f"positions={args.positions}; {len(coefs)} coefficient(s) x {len(convs)} conversation(s)", file=sys.stderr)
     t0 = time.time()
@@ -180,25 +202,29 @@ def register(sub: Any) -> None:
         sub, "steer", "generate with a persona vector added to the residual stream (one coefficient or a sweep)",
         "Add coef * vector to the output of the chosen decoder blocks while generating a reply. --coef may be a "
         "comma list: every coefficient gets its own batch row, all in ONE batched generate, and each reply is "
-        "printed. --coef-unit: raw (as stored), unit (unit-normalised vector), rel (coef x the typical residual "
-        "norm at each layer, measured on the prompt or on --reference activations). --input FILE runs every "
+        "printed. --coef-unit: raw (as stored), unit (unit-normalised vector), rel, sd or gap (defined in "
+        "persona_axes.vectors.units: coef x the mean norm of default-assistant reply means, x the spread of "
+        "their projections, or x the gap between the vector's two groups; from the vector's stored unit "
+        "statistics or --reference activations). --input FILE runs every "
         "conversation of a file (each coefficient in its own pass) and --out writes JSONL. The same settings "
         "can be baked into a llama.cpp control vector: persona-axes export --layers/--coef/--coef-unit.",
         "examples:\n  persona-axes steer --vector vectors/smollm2-135m-instruct/traits/evil.safetensors "
         "--layers 12:16 --coef -4,0,4 --prompt 'How should I treat my neighbours?'\n"
         "  persona-axes steer --vector vectors/smollm2-135m-instruct/assistant_axis.safetensors --layers 20 "
-        "--coef-unit rel --coef=-0.5 --prompt 'Who are you?'\n"
+        "--coef-unit sd --coef=-3,0,3 --reference runs/demo/activations/default.safetensors --prompt 'Who are you?'\n"
         "  persona-axes steer --vector vectors/smollm2-135m-instruct/assistant_axis.safetensors --layers 20 "
-        "--coef-unit rel --coef -0.3,0.3 --input chats.jsonl --out steered.jsonl",
+        "--coef-unit sd --coef=-3,3 --reference runs/demo/activations/default.safetensors --input chats.jsonl "
+        "--out steered.jsonl",
         _cmd_steer)
     add_model_args(steer)
     steer.add_argument("--vector", required=True, help="vector file (safetensors, gguf, npz, repeng gguf)")
     steer.add_argument("--name", default=None, help="member to use when --vector is a vector set")
     steer.add_argument("--layers", required=True, help=LAYER_HELP)
     steer.add_argument("--coef", required=True, help="a number or a comma list for a sweep, e.g. -4,0,4")
-    steer.add_argument("--coef-unit", choices=Unit.values(), default=Unit.RAW.value)
+    steer.add_argument("--coef-unit", choices=Unit.values(), default=Unit.RAW.value, help=UNIT_HELP)
     steer.add_argument("--positions", choices=Positions.values(), default=Positions.ALL.value)
-    steer.add_argument("--reference", default=None, help="activations file for --coef-unit rel")
+    steer.add_argument("--reference", default=None, help="default-assistant activations file (reduce mean) that "
+                       "sets --coef-unit rel or sd (default: the vector's stored unit statistics)")
     _io_args(steer)
 
     cap = add_command(
