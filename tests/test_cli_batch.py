@@ -51,15 +51,16 @@ def read_jsonl(path):
 
 def test_steer_input_jsonl_out(f, tiny, capsys):
     out_path = f["dir"] / "steered.jsonl"
+    ref = pa.capture(tiny, conversations(4), layers=[1, 2], which="assistant", reduce="mean", progress=False)
+    ref_path = ref.save(f["dir"] / "default_acts.safetensors")  # rel: the mean norm of reply-mean activations
     rc, out, err = run(capsys, "steer", "--model", f["model"], "--vector", f["axis_path"], "--layers", "1,2",
-                       "--coef", "-0.5,0.5", "--coef-unit", "rel", "--input", f["chats"], "--out", out_path,
-                       "--max-new-tokens", "4")
+                       "--coef", "-0.5,0.5", "--coef-unit", "rel", "--reference", ref_path, "--input", f["chats"],
+                       "--out", out_path, "--max-new-tokens", "4")
     assert rc == 0, err
     assert "generating" in err  # a progress bar on every generate
     recs = read_jsonl(out_path)
     assert len(recs) == 6 and [r["id"] for r in recs] == ["a", "a", "b", "b", "c", "c"]
     assert [r["coef"] for r in recs] == [-0.5, 0.5] * 3 and [r["line"] for r in recs] == [1, 1, 2, 2, 3, 3]
-    ref = pa.capture(tiny, f["convs"], layers=[1, 2], which="user", reduce="all", progress=False)
     for c in (-0.5, 0.5):
         with pa.Steer(tiny, f["axis"], [1, 2], c, unit="rel", reference=ref):
             want = pa.generate_replies(tiny, f["convs"], SAMPLING)
