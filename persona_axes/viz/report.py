@@ -43,8 +43,9 @@ blockquote { margin: 0.3em 0 0.8em 0; padding: 0.3em 0.8em; border-left: 3px sol
 @dataclass(frozen=True)
 class SteeredReply:
     """One reply generated with ``coef`` x the unit Assistant Axis added at ``layer`` (generated positions);
-    ``unit``: ``"unit"`` (raw residual units along the unit axis) or ``"rel"`` (multiples of the mean residual
-    norm at that layer)."""
+    ``unit``: a steering unit of :mod:`persona_axes.vectors.units` (``"unit"``: raw residual units along the unit
+    axis; ``"rel"``, ``"sd"``, ``"gap"``: multiples of the reply-mean norm, the default replies' spread, the
+    default-minus-role gap at that layer)."""
 
     coef: float
     layer: int
@@ -53,26 +54,32 @@ class SteeredReply:
     reply: str
 
 
+UNIT_WORDS = {"unit": "residual units", "rel": "multiples of the mean norm of default reply means there",
+              "sd": "standard deviations of default-assistant projections there",
+              "gap": "multiples of the default-minus-role gap there", "raw": "multiples of the stored axis"}
+
+
 def steering_sweep(model: Any, axis: Any, layer: int, coefs: Sequence[float], *, question: str,
                    reference: Activations | None = None, system: str | None = None,
-                   max_new_tokens: int = 40) -> list[SteeredReply]:
-    """Generate one reply per coefficient in a single batched ``generate``, steering along the unit ``axis`` at
-    ``layer`` on generated tokens (positive = towards the Assistant). Coefficients are multiples of the mean
-    residual norm at ``layer`` over ``reference`` activations when given (``unit="rel"``), else residual-stream
-    units along the unit axis."""
+                   max_new_tokens: int = 40, unit: str | None = None) -> list[SteeredReply]:
+    """Generate one reply per coefficient in a single batched ``generate``, steering along the ``axis`` at
+    ``layer`` on generated tokens (positive = towards the Assistant). ``unit`` (see
+    :mod:`persona_axes.vectors.units`; its size from ``reference`` default-assistant activations or the axis's
+    stored unit statistics) defaults to ``"rel"`` with a ``reference`` and to ``"unit"`` without."""
     from persona_axes.steering.generation import SamplingConfig, generate_replies
     from persona_axes.steering.interventions import Steer
 
     coefs = [float(c) for c in coefs]
     if not coefs:
-        raise InvalidInputError("coefs is empty: give at least one steering coefficient, e.g. [-8, 0, 8]")
+        raise InvalidInputError("coefs is empty: give at least one steering coefficient, e.g. [-3, 0, 3]")
     conv = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
-    unit = "unit" if reference is None else "rel"  # both scale the axis to unit norm first (see Steer)
+    if unit is None:
+        unit = "unit" if reference is None else "rel"
     with Steer(model, axis, layers=[layer], coef=torch.tensor(coefs), unit=unit, reference=reference,
                positions="generated"):
         replies = generate_replies(model, [conv] * len(coefs), SamplingConfig(max_new_tokens=max_new_tokens),
                                    batch_size=len(coefs))
-    return [SteeredReply(c, layer, unit, question, r) for c, r in zip(coefs, replies)]
+    return [SteeredReply(c, layer, str(unit), question, r) for c, r in zip(coefs, replies)]
 
 
 def _esc(x: Any) -> str:
@@ -262,7 +269,7 @@ def pipeline_report(result: PipelineResult, *, layer: int | None = None,
     if steering:
         parts.append(f"<h2>Steering along the Assistant Axis</h2><p>One batched generation, a coefficient per row, "
                      f"added along the unit axis at layer {steering[0].layer} to generated tokens, in "
-                     f"{'multiples of the mean residual norm there' if steering[0].unit == 'rel' else 'residual units'}"
+                     f"{UNIT_WORDS.get(steering[0].unit, steering[0].unit)}"
                      f". Question: "
                      f"<i>{_esc(steering[0].question)}</i></p>"
                      + "".join(f"<p><b>coef {r.coef:+g}</b></p><blockquote>{_esc(r.reply)}</blockquote>"
