@@ -129,7 +129,7 @@ def test_monotone_range_and_steers():
     assert c2.monotone_range(max_repetition=0.5) == (-1, 0)
     with pytest.raises(InvalidInputError, match="max_repetition"):
         c2.monotone_range(max_repetition=-1.0)
-    assert c.steers(+1) and not c.steers(-1)
+    assert c.steers(+1) is True and c.steers(-1) is False  # plain bools (JSON)
     assert not _curve([0, 1, 2], [0, 1, 2], p=0.2).steers(+1)
     assert _curve([0, 1, 2], [2, 1, 0], rho=-0.9).steers(-1)
     assert not _curve([0, 1, 2], [1, 1, 1], rho=None, p=None).steers(+1)

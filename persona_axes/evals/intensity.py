@@ -86,7 +86,8 @@ class IntensityCurve:
         if expected_sign not in (1, -1):
             raise InvalidInputError(f"expected_sign must be 1 or -1, got {expected_sign!r}")
         alpha = check_float(alpha, "alpha", positive=True, maximum=1.0)
-        return self.rho is not None and self.p is not None and np.sign(self.rho) == expected_sign and self.p < alpha
+        return bool(self.rho is not None and self.p is not None and np.sign(self.rho) == expected_sign
+                    and self.p < alpha)
 
     def monotone_range(self, *, tol: float = 0.0, max_repetition: float | None = None) -> tuple[float, float]:
         """The widest run of consecutive coefficients over which the mean score moves in the curve's direction
