@@ -9,7 +9,9 @@ and the judge ``score``. Per trait:
    side, as the pipeline's ``vectors_stage`` does);
 2. **layer** by a held-out probe sweep (:func:`persona_axes.vectors.probes.probe_sweep`): probes fitted on the same
    extraction replies, scored on evaluation questions ``q00``-``q09`` only (judge-kept the same way); the layer
-   with the best held-out accuracy, then AUROC, then Cohen's d;
+   with the best held-out accuracy, then AUROC, then Cohen's d, among ``--layers`` (default: the middle 60% of
+   the model, 6-23 of SmolLM2's 30: in the first blocks a reply token still carries the instruction's own words,
+   which separates the sides perfectly without being the behaviour, and the last blocks are output-specific);
 3. **shared register**: pairs of traits whose cosine at their layers exceeds ``--threshold`` are purified
    symmetrically (:func:`persona_axes.vectors.register.remove_shared_register`).
 
@@ -39,6 +41,7 @@ import torch
 
 from persona_axes.activations.batch import capture
 from persona_axes.activations.container import Activations
+from persona_axes.core import parse_layer_spec
 from persona_axes.errors import InvalidInputError
 from persona_axes.files import json_meta
 from persona_axes.judges.base import trait_item_kept
@@ -109,7 +112,7 @@ def run_variant(acts: Activations, names: list[str], args) -> dict:
         parts = split_trait(acts, name, args.select_questions)
         pos, neg, filtered, counts = judged(parts["fit"], args.min_samples)
         spos, sneg, sfiltered, scounts = judged(parts["select"], args.min_samples)
-        sweep = probe_sweep(pos, neg, spos, sneg, C=args.C, name=name)
+        sweep = probe_sweep(pos, neg, spos, sneg, C=args.C, layers=args.layer_list, name=name)
         vec = trait_vector(pos, neg, "mean_diff", name=name, metadata={"judge_filtered": str(filtered).lower()})
         out[name] = {"vector": vec, "sweep": sweep, "fit": counts, "select": scounts,
                      "n_check_unused": parts["n_check_unused"]}
@@ -128,6 +131,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threshold", type=float, default=0.3, help="cosine above which two traits share a register")
     ap.add_argument("--C", type=float, default=1.0, help="probe regularisation (inverse L2 strength)")
     ap.add_argument("--traits", default=None, help="comma list (default: every trait in the file)")
+    ap.add_argument("--layers", default=None,
+                    help="candidate layers, e.g. 6:24 (default: the middle 60%% of the model, n/5 .. 4n/5)")
     args = ap.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in variants if v not in VARIANTS]
@@ -143,6 +148,8 @@ def main(argv=None) -> int:
             ap.error(f"no trait items for {missing}; the file has {names}")
         names = want
     acts = acts.select(lambda it: it["name"] in names)
+    n = acts.model.n_layers
+    args.layer_list = parse_layer_spec(args.layers, n) if args.layers else list(range(n // 5, (4 * n) // 5))
 
     model = None
     results = {}
@@ -167,7 +174,8 @@ def main(argv=None) -> int:
         if len(names) > 1 else None
 
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"run": str(args.run), "ship": args.ship, "first_n": args.first_n, "select_questions": args.select_questions,
+    report = {"run": str(args.run), "ship": args.ship, "candidate_layers": args.layer_list,
+              "first_n": args.first_n, "select_questions": args.select_questions,
               "threshold": args.threshold, "C": args.C, "traits": {}, "register": None}
     for n in names:
         r, sw = ship[n], ship[n]["sweep"]
@@ -215,7 +223,8 @@ def _cosines(ship: dict, names: list[str], layers: dict) -> dict:
 
 def _markdown(report: dict, results: dict, names: list[str], variants: list[str], reg) -> str:
     lines = [f"# Trait vectors: held-out layer choice (evaluation questions 0-{report['select_questions'] - 1})", "",
-             f"Shipped variant: `{report['ship']}`. Probe C={report['C']}. Accuracy/AUROC/d are held out (probes "
+             f"Shipped variant: `{report['ship']}`. Probe C={report['C']}; candidate layers "
+             f"{report['candidate_layers'][0]}-{report['candidate_layers'][-1]}. Accuracy/AUROC/d are held out (probes "
              "fitted on extraction replies, scored on the layer-selection questions); evaluation questions "
              f"{report['select_questions']}+ were not used.", "",
              "| trait | variant | layer | held-out acc | AUROC | d | train acc | n fit (pos/neg) | n select | judge-filtered |",

@@ -60,11 +60,11 @@ def test_traits_script_fits_selects_on_q0_9_and_purifies(tmp_path, capsys):
     fit = a.select(lambda it: it["split"] == "extraction")
     sel = a.select(lambda it: it["split"] == "evaluation" and int(it["question_id"][1:]) < 10)
     ref = probe_sweep(fit.where(polarity="pos"), fit.where(polarity="neg"), sel.where(polarity="pos"),
-                      sel.where(polarity="neg"))
+                      sel.where(polarity="neg"), layers=[0, 1, 2])  # the default band: n/5 .. 4n/5
     got = rep["traits"]["a"]["variants"]["mean"]["sweep"]
     assert [r["accuracy"] for r in got] == pytest.approx(ref.accuracy.tolist())
     assert [r["cohens_d"] for r in got] == pytest.approx(ref.cohens_d.tolist())
-    assert rep["traits"]["a"]["layer"] == ref.best_layer
+    assert rep["traits"]["a"]["layer"] == ref.best_layer == 2 and rep["candidate_layers"] == [0, 1, 2]
     assert rep["traits"]["a"]["n_check_unused"] == 20 and rep["traits"]["a"]["select"]["n_pos"] == 10
     # a and b share a direction (cos 0.5 by construction): flagged and purified; c untouched
     assert rep["register"]["groups"] == [["a", "b"]]

@@ -61,6 +61,10 @@ def test_sweep_numbers_equal_an_independent_sklearn_computation():
     assert sw.accuracy[2] > 0.85 and sw.accuracy[0] < 0.75
     recs = sw.to_records()
     assert [r["layer"] for r in recs] == [0, 1, 2, 3] and [r["best"] for r in recs] == [False, False, True, False]
+    sub = probe_sweep(_acts(trp), _acts(trn), _acts(tep), _acts(ten), C=0.5, layers=[1, 3])
+    assert sub.layers == (1, 3) and sub.best_layer == 3
+    assert sub.accuracy.tolist() == [sw.accuracy[1].item(), sw.accuracy[3].item()]
+    assert sub.cohens_d.tolist() == pytest.approx([sw.cohens_d[1].item(), sw.cohens_d[3].item()])
     # the same fitting path as probe_direction: same normal up to scale
     pd = probe_direction(_acts(trp), _acts(trn), C=0.5)
     for L in range(4):
@@ -87,6 +91,9 @@ def test_cohens_d_and_bad_inputs():
         probe_sweep(_acts(p), _acts(n), _acts(p), _acts(n), C=0)
     with pytest.raises(InvalidInputError, match="layers"):
         probe_sweep(_acts(p), _acts(n), _acts(p[:, :2], (0, 1)), _acts(n))
+    with pytest.raises(InvalidInputError, match="not captured"):
+        probe_sweep(_acts(p[:, :2], (0, 1)), _acts(n[:, :2], (0, 1)), _acts(p[:, :2], (0, 1)),
+                    _acts(n[:, :2], (0, 1)), layers=[3])
     with pytest.raises(InvalidInputError, match="no items"):
         probe_sweep(_acts(p), _acts(n), _acts(p[:0]), _acts(n))
     with pytest.raises(InvalidInputError):

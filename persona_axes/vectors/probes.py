@@ -13,13 +13,13 @@ edits activations so this logit takes a chosen value.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 
 from persona_axes.activations.container import Activations, mean64, nonfinite_rows
-from persona_axes.core import ModelInfo, check_float, check_int
+from persona_axes.core import ModelInfo, check_float, check_int, normalize_layers
 from persona_axes.errors import InvalidInputError
 from persona_axes.stats import auroc
 from persona_axes.vectors.methods import logistic_probe
@@ -125,10 +125,12 @@ def _values(acts: Activations, what: str, like: Activations | None) -> torch.Ten
 
 
 def probe_sweep(train_pos: Activations, train_neg: Activations, test_pos: Activations, test_neg: Activations,
-                *, C: float = 1.0, max_iter: int = 2000, name: str = "probe") -> ProbeSweep:
+                *, C: float = 1.0, layers: Iterable[int] | None = None, max_iter: int = 2000,
+                name: str = "probe") -> ProbeSweep:
     """Fit a probe per layer on ``train_pos`` (label 1) vs ``train_neg`` (0) and score it on ``test_pos`` /
     ``test_neg`` (the four sets captured at the same layers of the same model; counts may differ: the probe is
     class-balanced). ``C``: the inverse L2 strength of :func:`~persona_axes.vectors.methods.logistic_probe`.
+    ``layers``: the candidate layers (model block indices, all captured; default: every captured layer).
     Returns a :class:`ProbeSweep` (accuracy = fraction of test items on the right side of the probe's boundary).
     """
     C = check_float(C, "C", positive=True)
@@ -137,22 +139,31 @@ def probe_sweep(train_pos: Activations, train_neg: Activations, test_pos: Activa
     tn = _values(train_neg, "the train negatives", train_pos)
     sp = _values(test_pos, "the test positives", train_pos)
     sn = _values(test_neg, "the test negatives", train_pos)
-    n = len(train_pos.layers)
+    captured = train_pos.layers
+    if layers is None:
+        chosen = list(captured)
+    else:
+        chosen = normalize_layers(layers, train_pos.model.n_layers)
+        missing = [L for L in chosen if L not in captured]
+        if missing:
+            raise InvalidInputError(f"layers {missing} were not captured (captured: {list(captured)})")
+    n = len(chosen)
     acc, auc, d, tacc = (torch.empty(n, dtype=torch.float64) for _ in range(4))
     probes = {}
     labels = [True] * sp.shape[0] + [False] * sn.shape[0]
-    for j, L in enumerate(train_pos.layers):
-        w, b = logistic_probe(tp[:, j], tn[:, j], C, max_iter=max_iter, layer=L)
+    for j, L in enumerate(chosen):
+        k = captured.index(L)
+        w, b = logistic_probe(tp[:, k], tn[:, k], C, max_iter=max_iter, layer=L)
         probes[L] = LinearProbe(weight=w.to(torch.float32), bias=b, layer=L, model=train_pos.model, name=name)
-        test = torch.cat([sp[:, j], sn[:, j]]).double()
+        test = torch.cat([sp[:, k], sn[:, k]]).double()
         logits = test @ w + b
         right = torch.cat([logits[: sp.shape[0]] > 0, logits[sp.shape[0]:] <= 0])
         acc[j] = right.double().mean()
         auc[j] = auroc(labels, logits.tolist())
-        train = torch.cat([tp[:, j], tn[:, j]]).double() @ w + b
+        train = torch.cat([tp[:, k], tn[:, k]]).double() @ w + b
         tacc[j] = torch.cat([train[: tp.shape[0]] > 0, train[tp.shape[0]:] <= 0]).double().mean()
-        md = mean64(tp[:, j]) - mean64(tn[:, j])
+        md = mean64(tp[:, k]) - mean64(tn[:, k])
         u = md / md.norm().clamp_min(torch.finfo(torch.float64).tiny)
-        d[j] = cohens_d(sp[:, j].double() @ u, sn[:, j].double() @ u)
-    return ProbeSweep(layers=tuple(train_pos.layers), accuracy=acc, auroc=auc, cohens_d=d, train_accuracy=tacc,
+        d[j] = cohens_d(sp[:, k].double() @ u, sn[:, k].double() @ u)
+    return ProbeSweep(layers=tuple(chosen), accuracy=acc, auroc=auc, cohens_d=d, train_accuracy=tacc,
                       probes=probes, n_train=(tp.shape[0], tn.shape[0]), n_test=(sp.shape[0], sn.shape[0]), C=C)
