@@ -23,7 +23,9 @@ the first ``--first-n`` reply tokens); the last two are captured again here from
 
 Output (``--out``): one ``<trait>.safetensors`` PersonaVector per trait (metadata: layer, probe_accuracy,
 probe_auroc, probe_cohens_d, n_pos, n_neg, judge_filtered, purified_against, capture, ...), ``traits.json``
-(every sweep, counts and the register report) and ``traits.md`` (the tables).
+(every sweep, counts and the register report) and ``traits.md`` (the tables). With ``--ship mean`` and the run's
+``default.safetensors``, each vector carries its steering-unit statistics (rel/sd/gap, measured on the final,
+purified vector with fit default replies and its own kept extraction replies), as the pipeline's vectors do.
 
 Run: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python experiments/traits.py RUN --out OUT [--variants mean,prompt_end,first]``
 """
@@ -48,6 +50,7 @@ from persona_axes.judges.base import trait_item_kept
 from persona_axes.vectors.methods import trait_vector
 from persona_axes.vectors.probes import probe_sweep
 from persona_axes.vectors.register import remove_shared_register
+from persona_axes.vectors.units import unit_stats, with_unit_stats
 
 VARIANTS = ("mean", "prompt_end", "first")
 _QID = re.compile(r"^q(\d+)$")
@@ -114,7 +117,7 @@ def run_variant(acts: Activations, names: list[str], args) -> dict:
         spos, sneg, sfiltered, scounts = judged(parts["select"], args.min_samples)
         sweep = probe_sweep(pos, neg, spos, sneg, C=args.C, layers=args.layer_list, name=name)
         vec = trait_vector(pos, neg, "mean_diff", name=name, metadata={"judge_filtered": str(filtered).lower()})
-        out[name] = {"vector": vec, "sweep": sweep, "fit": counts, "select": scounts,
+        out[name] = {"vector": vec, "sweep": sweep, "fit": counts, "select": scounts, "pos": pos, "neg": neg,
                      "n_check_unused": parts["n_check_unused"]}
     return out
 
@@ -173,6 +176,10 @@ def main(argv=None) -> int:
     reg = remove_shared_register({n: ship[n]["vector"] for n in names}, layer=layers, threshold=args.threshold) \
         if len(names) > 1 else None
 
+    default_path = args.run / "activations" / "default.safetensors"
+    default = None
+    if args.ship == "mean" and default_path.exists():  # steering-unit statistics, as the pipeline stores them
+        default = Activations.load(default_path).select(lambda it: it.get("split") is None)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"run": str(args.run), "ship": args.ship, "candidate_layers": args.layer_list,
               "first_n": args.first_n, "select_questions": args.select_questions,
@@ -181,6 +188,8 @@ def main(argv=None) -> int:
         r, sw = ship[n], ship[n]["sweep"]
         L, j = layers[n], sw.best_index
         vec = reg.vectors[n] if reg is not None else r["vector"]
+        if default is not None:
+            vec = with_unit_stats(vec, unit_stats(vec, default, r["pos"], r["neg"]))
         purified_against = sorted({p.b if p.a == n else p.a for p in reg.pairs if n in (p.a, p.b)}) if reg else []
         grp = next((g for g in reg.groups if n in g), ()) if reg else ()
         md = dict(vec.metadata)

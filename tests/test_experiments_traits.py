@@ -11,6 +11,7 @@ from persona_axes.activations.container import Activations
 from persona_axes.core import ModelInfo
 from persona_axes.vectors.containers import PersonaVector
 from persona_axes.vectors.probes import probe_sweep
+from persona_axes.vectors.units import stats_of
 
 INFO = ModelInfo("toy", n_layers=4, hidden_size=16)
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +48,9 @@ def _run(tmp_path, poison_check=True):
     acts = Activations(values=torch.stack(rows), layers=(0, 1, 2, 3), items=items, model=INFO)
     (tmp_path / "run" / "activations").mkdir(parents=True)
     acts.save(tmp_path / "run" / "activations" / "trait.safetensors")
+    default = Activations(values=torch.randn(8, 4, 16, generator=g), layers=(0, 1, 2, 3),
+                          items=[{"split": None} for _ in range(8)] + [], model=INFO)
+    default.save(tmp_path / "run" / "activations" / "default.safetensors")
     return acts
 
 
@@ -75,6 +79,12 @@ def test_traits_script_fits_selects_on_q0_9_and_purifies(tmp_path, capsys):
     assert float(va.metadata["probe_accuracy"]) == pytest.approx(float(ref.accuracy[ref.best_index]), abs=1e-4)
     assert va.metadata["n_pos"] == "12" and va.method == "purified" and vc.method == "mean_diff"
     assert "held-out acc" in (tmp_path / "out" / "traits.md").read_text()
+    stats = stats_of(va)  # steering units measured on the purified vector, as the pipeline's vectors carry them
+    L = ref.best_layer
+    u = va.vector[L].double() / va.vector[L].double().norm()
+    pos = fit.where(polarity="pos").values[:, L].double() @ u
+    neg = fit.where(polarity="neg").values[:, L].double() @ u
+    assert stats.gap[L] == pytest.approx(float(pos.mean() - neg.mean()), rel=1e-4)
 
 
 def test_evaluation_items_without_a_question_number_are_refused(tmp_path):
