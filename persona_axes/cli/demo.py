@@ -11,6 +11,11 @@ from persona_axes.cli.common import add_model_args, model_options, preset_help
 from persona_axes.viz.figures import PLOTLYJS_MODES
 
 DEMO_QUESTION = "Tell me about yourself in two sentences."
+DEMO_UNIT = "sd"
+DEMO_COEFS = (-3.0, -1.5, 0.0, 1.5, 3.0)
+"""The demo's sweep, in standard deviations of the default-assistant replies' projections on the axis at the layer
+(:mod:`persona_axes.vectors.units`): inside the range where steering SmolLM2-135M changes replies monotonically
+without loops, as measured by experiments/steering_range.py (experiments/results/steering_units_smollm2.md)."""
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -40,11 +45,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.steer:
         ref = res.activations.get("default") or Activations.load(
             Path(args.out) / "activations" / "default.safetensors", model=loaded)
-        coefs = [-0.6, -0.3, 0.0, 0.3, 0.6]
-        steering = steering_sweep(loaded, res.axis, layer, coefs, question=DEMO_QUESTION, reference=ref,
-                                  max_new_tokens=args.max_new_tokens)
-        print(f"\nsteering along the axis at layer {layer} (multiples of the mean residual norm), "
-              f"one batched generate:\n  question: {DEMO_QUESTION}")
+        steering = steering_sweep(loaded, res.axis, layer, DEMO_COEFS, question=DEMO_QUESTION, reference=ref,
+                                  max_new_tokens=args.max_new_tokens, unit=DEMO_UNIT)
+        print(f"\nsteering along the axis at layer {layer} in sd (standard deviations of the default replies' "
+              f"projections on the axis there), one batched generate:\n  question: {DEMO_QUESTION}")
         for r in steering:
             print(f"  {r.coef:+.1f}: {r.reply}")
     path = write_report(res, Path(args.out) / "report.html", layer=args.layer, steering=steering,
