@@ -16,8 +16,9 @@ Steps (each resumable: re-run the same command after an interruption):
 
 A config is a JSON file (see experiments/configs/): ``model`` (HF id or local folder; null = the embedded
 SmolLM2), ``dtype``, ``device_map``, ``preset``, ``judge``, ``target_layer`` (null = the layer sweep's choice),
-``cap_layers`` (null = the pipeline's band), ``cap_percentile``, ``steer_coefs`` (multiples of the mean residual
-norm at the target layer), ``reply_tokens`` (tokens per steered or capped reply), ``capture_batch_size``.
+``cap_layers`` (null = the pipeline's band), ``cap_percentile``, ``steer_coefs`` in ``steer_unit`` (a unit of
+persona_axes.vectors.units measured on the run's default-assistant replies: ``"sd"``, their spread along the axis,
+or ``"rel"``, the mean norm of their reply means; default ``"rel"``), ``reply_tokens`` (tokens per steered or capped reply), ``capture_batch_size``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class ExperimentConfig:
     target_layer: int | None = None
     cap_layers: tuple[int, ...] | None = None
     cap_percentile: float = 25.0
-    steer_coefs: tuple[float, ...] = (-0.6, -0.3, 0.0, 0.3, 0.6)
+    steer_coefs: tuple[float, ...] = (-0.3, -0.15, 0.0, 0.15, 0.3)
+    steer_unit: str = "rel"
     reply_tokens: int = 48
     capture_batch_size: int = 16
 
@@ -150,7 +152,7 @@ def run(cfg: ExperimentConfig, out: Path, *, progress: bool = True) -> dict[str,
         cap = calibrate_run_cap(state, cfg.cap_layers, cfg.cap_percentile)
         cap.save(out / "vectors" / f"capping_{cfg.name}.safetensors")
     steering = steering_sweep(loaded, res.axis, layer, cfg.steer_coefs, question=SWEEP_QUESTION,
-                              reference=default_acts, max_new_tokens=cfg.reply_tokens)
+                              reference=default_acts, max_new_tokens=cfg.reply_tokens, unit=cfg.steer_unit)
     check = capping_check(loaded, res.axis, cap, layer, cfg.reply_tokens)
     notes = {"experiment config": cfg.name, "about": cfg.about}
     report = write_report(res, out / "report.html", layer=cfg.target_layer, steering=steering, notes=notes,
