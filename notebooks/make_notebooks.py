@@ -309,39 +309,48 @@ axis = pa.PersonaVector.load(VECTORS / "assistant_axis.safetensors", model=loade
 LAYER = 20  # the layer the pipeline chose for this model (see notebook 01)
 SHORT = pa.SamplingConfig(max_new_tokens=24)  # greedy
 QUESTIONS = ["Describe yourself in a couple of sentences.", "What should I do this weekend?",
-             "Can you help me write a birthday message?"]
+             "Can you help me write a birthday message?", "How do I boil an egg?", "What is a prime number?",
+             "Any tips for sleeping better?", "Why do leaves change colour?", "How should I start learning chess?"]
 convs = [[{"role": "user", "content": q}] for q in QUESTIONS]
 baseline = pa.generate_replies(loaded, convs, SHORT, batch_size=len(convs))
-for q, r in zip(QUESTIONS, baseline):
+for q, r in zip(QUESTIONS[:3], baseline):
     print(f"Q: {q}\\nA: {r}\\n")
 '''),
     md("""
 ## A coefficient sweep in one batch
 
-`Steer` takes `coef` as a number or as a tensor with one entry per batch row. With `unit="rel"` a coefficient of 1
-means one typical residual norm at that layer, measured on reference activations: here the per-token activations
-of the baseline replies above. `positions="generated"` steers only the positions that produce new tokens (the
-first one included) and leaves the prompt alone.
+`Steer` takes `coef` as a number or as a tensor with one entry per batch row. The coefficients here are in
+`unit="sd"` (defined in `persona_axes.vectors.units`): 1 sd is the standard deviation of default-assistant
+replies' projections onto the axis at that layer, measured on reference activations: here the reply means
+(`reduce="mean"`) of the eight baseline replies above. (`unit="rel"` would count in mean norms of those reply
+means; a vector that stores its unit statistics needs no `reference`.) The sweep stays within -3..+3 sd (about +-0.15 rel), inside
+the range where steering this model at layer 20 was measured to change replies monotonically without loops
+(`experiments/steering_range.py`, table in `experiments/results/steering_units_smollm2.md`).
+`positions="generated"` steers only the positions that produce new tokens (the first one included) and leaves the
+prompt alone.
 
 To see what the steering did, we then read each reply back *without* steering and project it onto the axis.
 """),
     code('''
 reference = pa.capture(loaded, [c + [{"role": "assistant", "content": r}] for c, r in zip(convs, baseline)],
-                       layers=[LAYER], which="last_assistant", reduce="all", progress=False)
-coefs = torch.tensor([-0.5, -0.25, 0.0, 0.25, 0.5])
+                       layers=[LAYER], which="last_assistant", reduce="mean", progress=False)
+coefs = torch.tensor([-3.0, -1.5, 0.0, 1.5, 3.0])
 question = convs[0]
 t = time.time()
-with pa.Steer(loaded, axis, layers=[LAYER], coef=coefs, unit="rel", reference=reference,
+with pa.Steer(loaded, axis, layers=[LAYER], coef=coefs, unit="sd", reference=reference,
               positions="generated") as steer:
     steered = pa.generate_replies(loaded, [question] * len(coefs), SHORT, batch_size=len(coefs))
 print(f"{len(coefs)} steered replies in one batch: {time.time() - t:.1f}s")
-norm = float(reference.at(LAYER).norm(dim=-1).mean())
-print(f"coef 1 (rel) = a shift of {norm:.1f} along the unit axis at layer {LAYER} (the mean residual norm there)")
+sd = float((reference.at(LAYER).double() @ axis.unit(LAYER).double()).std())
+assert abs(steer.unit_sizes[LAYER] - sd) < 1e-4 * sd
+rel = float(reference.at(LAYER).norm(dim=-1).mean())
+print(f"coef 1 (sd) = a shift of {sd:.2f} along the unit axis at layer {LAYER} ({sd / rel:.3f} of the mean "
+      f"reply-mean norm {rel:.1f} there)")
 
 read_back = pa.capture(loaded, [question + [{"role": "assistant", "content": r}] for r in steered],
                        layers=[LAYER], progress=False)
 proj = (read_back.at(LAYER) @ axis.unit(LAYER)).tolist()
-sweep = pd.DataFrame({"coef (rel)": coefs.tolist(), "projection of reply": proj, "reply": steered})
+sweep = pd.DataFrame({"coef (sd)": coefs.tolist(), "projection of reply": proj, "reply": steered})
 
 # Row 2 has coefficient 0, so it is the unsteered reply; the ends of the sweep move the reply along the axis.
 assert steered[2] == baseline[0]
@@ -468,24 +477,20 @@ holds; `--control-vector-scaled FILE:0.5` halves it (llama.cpp takes the scale a
 `--control-vector-layer-range 17 23` restricts the layers.
 
 To hand llama.cpp exactly what a steer does, bake the steer's layers, unit and coefficient into the file:
-`unit="rel"` with a `reference` makes `direction.L = coef x mean residual norm[L] / |axis[L]| x axis[L]`, the
-amount `Steer(loaded, axis, layers, coef, unit="rel", reference=...)` adds, so that a plain
-`llama-cli --control-vector FILE` reproduces it (on the CLI: `persona-axes export --layers 20 --coef-unit rel
---coef -0.3 ...`).
+`unit="sd"` with the same `reference` makes `direction.L = coef x sd[L] / |axis[L]| x axis[L]`, the amount
+`Steer(loaded, axis, layers, coef, unit="sd", reference=...)` adds, so that a plain
+`llama-cli --control-vector FILE` reproduces it (on the CLI: `persona-axes export --layers 20 --coef-unit sd
+--coef -1.5 --reference ACTIVATIONS ...`).
 """),
     code('''
 from persona_axes.export import read_gguf_directions
 
-reference = pa.capture(loaded, [[{"role": "user", "content": "Tell me about yourself."}]], layers=[LAYER],
-                       which="user", reduce="all", progress=False)
-baked = export.export_gguf_control_vector(axis, EXPORT / "steer_rel.gguf", layers=[LAYER], unit="rel", scale=-0.3,
+baked = export.export_gguf_control_vector(axis, EXPORT / "steer_sd.gguf", layers=[LAYER], unit="sd", scale=-1.5,
                                          reference=reference)
 rows = read_gguf_directions(baked)
-mean_norm = reference.at(LAYER).norm(dim=-1).mean()
-want = -0.3 * mean_norm * axis.vector[LAYER] / axis.vector[LAYER].norm()
-assert list(rows) == [LAYER] and torch.allclose(torch.from_numpy(rows[LAYER]), want, rtol=1e-4, atol=1e-4)
-print(f"layer {LAYER} only; |direction| = {torch.from_numpy(rows[LAYER]).norm():.2f} = 0.3 x mean residual norm "
-      f"{mean_norm:.2f}")
+want = -1.5 * sd * axis.vector[LAYER].double() / axis.vector[LAYER].double().norm()
+assert list(rows) == [LAYER] and torch.allclose(torch.from_numpy(rows[LAYER]).double(), want, rtol=1e-4, atol=1e-4)
+print(f"layer {LAYER} only; |direction| = {torch.from_numpy(rows[LAYER]).norm():.2f} = 1.5 x sd {sd:.2f}")
 '''),
     code('''
 print(f"notebook ran in {time.time() - T0:.0f}s")
