@@ -257,7 +257,7 @@ def write_markdown(path: Path, meta: dict, diag: dict, rows: list[dict], chosen,
         *[_row(r) for r in rows], "",
         "## Chosen default", "",
         "Rule (`persona_axes.evals.cap_check.choose_cap`): among settings that leave >= 7/8 of the ordinary replies "
-        "exactly unchanged and do not lower checkable correctness, the largest relative cut of the in-character rate "
+        "exactly unchanged, do not lower checkable correctness and cut the in-character rate at all, the largest relative cut of the in-character rate "
         "(ties: more unchanged, then fewer layers).", "",
     ]
     if chosen is None:

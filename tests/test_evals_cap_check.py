@@ -160,6 +160,7 @@ def test_choose_cap_rule():
            _result("fewer-same", 0.6, 7)]
     assert choose_cap(tie).label == "narrow"
     assert choose_cap([_result("edits", 0.9, 6)]) is None
+    assert choose_cap([_result("no-cut", 0.0, 8), _result("raises", -0.1, 8)]) is None
     with pytest.raises(InvalidInputError):
         choose_cap(rs, min_unchanged=1.5)
 

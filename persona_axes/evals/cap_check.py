@@ -323,14 +323,15 @@ def explore_caps(model: Any, axis: Any, reference_acts: Activations, percentiles
 
 def choose_cap(results: Sequence[CapBehaviour], min_unchanged: float = 7 / 8) -> CapBehaviour | None:
     """The default cap by the trade-off rule: among the settings that leave at least ``min_unchanged`` of the
-    ordinary replies exactly unchanged AND do not lower checkable correctness (with-cap rate >= without), the one
-    with the largest relative cut of the in-character rate under role-play (point estimates); ties go to more
-    unchanged replies, then to fewer capped layers. ``None`` when no setting qualifies."""
+    ordinary replies exactly unchanged AND do not lower checkable correctness (with-cap rate >= without) AND cut the
+    in-character rate at all (cut > 0), the one with the largest relative cut of the in-character rate under
+    role-play (point estimates); ties go to more unchanged replies, then to fewer capped layers. ``None`` when no
+    setting qualifies."""
     min_unchanged = check_float(min_unchanged, "min_unchanged")
     if not 0 <= min_unchanged <= 1:
         raise InvalidInputError(f"min_unchanged must be in [0, 1], got {min_unchanged}")
     ok = [r for r in results if r.unchanged / max(r.n_ordinary, 1) >= min_unchanged - 1e-12
-          and r.correct_with.value >= r.correct_without.value - 1e-12 and r.cut.value == r.cut.value]
+          and r.correct_with.value >= r.correct_without.value - 1e-12 and r.cut.value > 0]
     if not ok:
         return None
     return max(ok, key=lambda r: (r.cut.value, r.unchanged / max(r.n_ordinary, 1), -len(r.layers)))
