@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from persona_axes.vectors.units import unit_stats, with_unit_stats
+
 import persona_axes as pa
 from helpers import conversations
 
@@ -74,6 +76,7 @@ def files(tiny, tmp_path_factory):
     g = torch.Generator().manual_seed(1)
     axis = pa.PersonaVector(torch.randn(4, 64, generator=g), tiny.info, "tiny_axis", "mean_diff")
     acts = pa.capture(tiny, conversations(6), layers=[1, 2], progress=False)
+    axis = with_unit_stats(axis, unit_stats(axis, acts))  # /steer COEF is in sd of these replies
     cap = pa.calibrate_cap(axis, acts, [1, 2], percentile=90.0)
     return {"model": folder, "axis": axis.save(d / "axis.safetensors"), "cap": cap.save(d / "capping.safetensors"),
             "dir": d, "cap_config": cap}

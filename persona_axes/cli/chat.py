@@ -22,7 +22,7 @@ from persona_axes.errors import InvalidInputError, PersonaAxesError
 
 HELP = """commands:
   /cap on | /cap off     clamp the projection at the capping config's layers while generating (needs --cap-config)
-  /steer COEF            add COEF x the typical residual norm along the steering vector (e.g. /steer -0.3)
+  /steer COEF            steer by COEF spreads (sd) of default-assistant replies along the vector (e.g. /steer -2)
   /steer off             stop steering
   /save FILE.json        write the conversation ({"messages": [...], "turns": [...]}); `persona-axes monitor` reads it
   /status                show the cap, steer, layer and floor
@@ -75,7 +75,7 @@ class ChatSession:
         if self.cap_config is not None:
             cap += f" ({self.cap_config.kind} at layers {', '.join(map(str, sorted(self.cap_config.layers)))})"
         steer = "off" if self.steer_coef is None else \
-            f"{self.steer_coef:+g} rel along {self.steer_vector.name!r} at layers {self.steer_layers}"
+            f"{self.steer_coef:+g} sd along {self.steer_vector.name!r} at layers {self.steer_layers}"
         floor = "none" if self.floor is None else f"{self.floor:+.3f} ({'alert below' if self.direction == 'below' else 'alert above'})"
         return f"projection onto {self.axis.name!r} at layer {self.layer}; threshold {floor}; cap {cap}; steer {steer}"
 
@@ -107,7 +107,7 @@ class ChatSession:
             if coef != coef or coef in (float("inf"), float("-inf")):
                 raise InvalidInputError("use /steer COEF (a number, e.g. /steer 0.2) or /steer off")
             self.steer_coef = coef
-            return f"steer {coef:+g} (relative to the typical residual norm) at layers {self.steer_layers}"
+            return f"steer {coef:+g} (sd of default-assistant replies along the vector) at layers {self.steer_layers}"
         if cmd == "/save":
             if len(rest) != 1:
                 raise InvalidInputError("use /save FILE.json")
@@ -127,7 +127,6 @@ class ChatSession:
 
     def reply(self, text: str) -> tuple[str, Any]:
         """Generate the reply to ``text`` under the current cap / steer, record it, and project it."""
-        from persona_axes.activations.batch import capture
         from persona_axes.steering.capping import ActivationCap
         from persona_axes.steering.generation import generate_replies
         from persona_axes.steering.interventions import Steer
@@ -136,11 +135,9 @@ class ChatSession:
         with contextlib.ExitStack() as stack:
             if self.cap_on:
                 stack.enter_context(ActivationCap(self.loaded, self.cap_config))
-            if self.steer_coef is not None:  # the conversation's own token norms as the typical residual size
-                ref = capture(self.loaded, [conv], layers=self.steer_layers, which="user", reduce="all",
-                              progress=False)
+            if self.steer_coef is not None:  # unit "sd" from the vector's stored unit statistics
                 stack.enter_context(Steer(self.loaded, self.steer_vector, self.steer_layers, self.steer_coef,
-                                          unit="rel", reference=ref))
+                                          unit="sd"))
             answer = generate_replies(self.loaded, [conv], self.sampling, progress=False)[0]
         rec = self.monitor.add_turn(text, answer)
         self.turns.append({"turn": rec.turn, "projection": rec.projection, "alert": rec.alert, "cap": self.cap_on,
@@ -223,7 +220,8 @@ def register(sub: Any) -> None:
     chat.add_argument("--threshold", type=float, default=None,
                       help="warn below this projection (default: the cap's threshold at --layer)")
     chat.add_argument("--cap", action="store_true", help="start with the cap on")
-    chat.add_argument("--steer", type=float, default=None, help="start steering with this coefficient (rel)")
+    chat.add_argument("--steer", type=float, default=None, help="start steering with this coefficient (in sd of "
+                      "default-assistant replies along the vector; needs a vector with unit statistics)")
     chat.add_argument("--steer-vector", default=None, help="vector for /steer (default: the axis)")
     chat.add_argument("--steer-name", default=None, help="member to use when --steer-vector is a vector set")
     chat.add_argument("--steer-layers", default=None, help=f"layers for /steer ({LAYER_HELP}); default: --layer")

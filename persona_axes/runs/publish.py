@@ -31,9 +31,25 @@ def publish(result_dir: str | Path, dest: str | Path, command: str = "") -> Path
     return dest
 
 
+def _sampling(p: dict[str, Any]) -> str:
+    if p.get("greedy_first") and p["samples"] > 1:
+        return f"sample 0 greedy, {p['samples'] - 1} more at temperature {p['temperature']:g}, seeded per request"
+    return "greedy" if p["temperature"] == 0 else f"temperature {p['temperature']:g}"
+
+
+def _heldout_counts(s: dict[str, Any]) -> str:
+    h = s.get("heldout") or {}
+    n = h.get("n_heldout", {})
+    if not n:
+        return ""
+    return (f" ({n.get('default', 0)} default-assistant vs {h.get('n_heldout_role_accepted', 0)} in-character role "
+            f"replies of {n.get('role', 0)}; {len(h['split']['heldout_roles'])} held-out roles)")
+
+
 def _readme(s: dict[str, Any], command: str) -> str:
     p = s["preset"]
     acc = s["role_acceptance"]
+    on = s.get("layer_sweep_evaluated_on", "in-sample")
     lines = [
         f"# Persona vectors for {s['model']}",
         "",
@@ -47,8 +63,7 @@ def _readme(s: dict[str, Any], command: str) -> str:
         f"- Command: `{command or 'persona-axes pipeline --preset ' + p['name'] + ' --out runs/smollm2-quick'}`",
         f"- Preset `{p['name']}`: {p['description']}",
         "- Rollouts: " + ", ".join(f"{n} {k}" for k, n in s["n_rollouts"].items())
-        + f" ({'greedy' if p['temperature'] == 0 else 'temperature ' + str(p['temperature'])}, "
-        f"{p['max_new_tokens']} new tokens)",
+        + f" ({_sampling(p)}, {p['max_new_tokens']} new tokens)",
         f"- Judge: `{s['judge']}`; a role reply is kept when scored >= {ROLE_ACCEPT_THRESHOLD} of 3 "
         "(at least partly in character).",
         f"- Role acceptance: {s['role_acceptance_rate']:.1%} overall; {len(s['roles_kept'])} roles kept "
@@ -70,17 +85,23 @@ def _readme(s: dict[str, Any], command: str) -> str:
         "## The Assistant Axis and PC1",
         "",
         f"Chosen layer: **{s['best_layer']}** (best separation of default-assistant from role replies along the axis;",
-        "AUROC, then Cohen's d).",
+        f"AUROC, then Cohen's d), measured **{on}**" + (
+            ": on replies to held-out roles, prompts and questions that built nothing"
+            + _heldout_counts(s) + "; 95% bootstrap intervals in brackets." if on == "held-out"
+            else ": on the replies that built the axis (no held-out replies in this preset)."),
         "",
-        "| layer | cos(axis, PC1) | PC1 explained variance | AUROC | Cohen's d |",
-        "|---:|---:|---:|---:|---:|",
+        f"| layer | cos(axis, PC1) | PC1 explained variance | AUROC ({on}) | Cohen's d ({on}) |",
+        "|---:|---:|---:|---|---|",
     ]
     sweep = {r["layer"]: r for r in s["layer_sweep"]}
     for L, (c, ev) in enumerate(zip(s["pc1_cosine_by_layer"], s["pc1_explained_variance_by_layer"])):
         r = sweep.get(L, {})
         auc, d = r.get("auroc"), r.get("cohens_d")
-        lines.append(f"| {L} | {c:+.3f} | {ev:.3f} | {'' if auc is None else f'{auc:.3f}'} | "
-                     f"{'' if d is None else f'{d:.2f}'} |")
+        auc_s = "" if auc is None else f"{auc:.3f}" + (f" [{r['auroc_ci'][0]:.3f}, {r['auroc_ci'][1]:.3f}]"
+                                                       if "auroc_ci" in r else "")
+        d_s = "" if d is None else f"{d:.2f}" + (f" [{r['cohens_d_ci'][0]:.2f}, {r['cohens_d_ci'][1]:.2f}]"
+                                                 if "cohens_d_ci" in r else "")
+        lines.append(f"| {L} | {c:+.3f} | {ev:.3f} | {auc_s} | {d_s} |")
     lines += [
         "",
         f"## Where things fall on PC1 (layer {s['best_layer']}; positive = towards the Assistant)",
