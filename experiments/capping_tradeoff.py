@@ -91,6 +91,16 @@ def _row(r: dict) -> str:
             f"| {r['projection_without']['value']:+.1f} -> {r['projection_with']['value']:+.1f} |")
 
 
+def _parse_settings(text: str | None) -> list[tuple]:
+    """``"5:4-27:all:token;10:17-23:generated:mean"`` -> [(5, (4..27), "all", True), ...] (bands inclusive)."""
+    out = []
+    for part in filter(None, (text or "").split(";")):
+        pct, band, pos, kind = part.split(":")
+        a, b = (int(x) for x in band.split("-"))
+        out.append((float(pct) if "." in pct else int(pct), tuple(range(a, b + 1)), pos, kind == "token"))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--axis", default="vectors/smollm2-135m-instruct/assistant_axis.safetensors")
@@ -105,6 +115,8 @@ def main() -> None:
     ap.add_argument("--ordinary", type=int, default=8)
     ap.add_argument("--checkable", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--extra-settings", default=None,
+                    help='more settings after the defaults, e.g. "5:4-27:all:token;10:17-23:generated:mean"')
     ap.add_argument("--limit-settings", type=int, default=None, help="only the first N default settings (smoke runs)")
     ap.add_argument("--model", default=None, help="model to load (default: the embedded SmolLM2)")
     args = ap.parse_args()
@@ -142,7 +154,7 @@ def main() -> None:
     ordinary, checkable = list(qs.ordinary[: args.ordinary]), list(qs.checkable[: args.checkable])
 
     ref_items = reference_replies(model, Path(args.reference))
-    settings_src = DEFAULT_SETTINGS[: args.limit_settings]
+    settings_src = DEFAULT_SETTINGS[: args.limit_settings] + _parse_settings(args.extra_settings)
     layers = sorted({L for _, band, _, _ in settings_src for L in band} | {axis_layer})
     ref = capture(model, [it["messages"] + [{"role": "assistant", "content": it["reply"]}] for it in ref_items
                           if it["reply"].strip()], layers=layers, reduce="all", batch_size=16, progress=False)
