@@ -24,15 +24,21 @@ from persona_axes.vectors.containers import PersonaVector, VectorSet
 from persona_axes.vectors.methods import (
     mean_difference, mean_vector, pca_difference, probe_direction, role_vectors, trait_vector,
 )
+from persona_axes.vectors.probes import LinearProbe, ProbeSweep, probe_sweep
 from persona_axes.vectors.purify import purify
+from persona_axes.vectors.register import remove_shared_register
 from persona_axes.vectors.space import LayerSweep, PersonaSpace
+from persona_axes.vectors.units import UnitStats, stats_of, unit_stats, with_unit_stats
 from persona_axes.export import export_vector, import_vector
 from persona_axes.export.official import import_official_axis, import_official_capping
 from persona_axes.steering.capping import ActivationCap, CapConfig, calibrate_cap
 from persona_axes.steering.generation import SamplingConfig, generate_replies
 from persona_axes.steering.interventions import Ablate, Steer
+from persona_axes.steering.probe_edit import ProbeEdit
 from persona_axes.steering.monitor import DriftReport, LiveMonitor, monitor_transcript
 from persona_axes.runs.datasets import load_default_prompts, load_questions, load_roles, load_traits
+from persona_axes.runs.splits import DataSplit, split_data
+from persona_axes.evals.intensity import IntensityCurve, calibrate_intensity
 
 __all__ = [
     "__version__",
@@ -42,12 +48,14 @@ __all__ = [
     "ModelInfo", "render_chat", "RenderedChat", "MessageSpan", "capture", "Activations", "extract", "Extraction",
     # data and generation
     "load_roles", "load_traits", "load_questions", "load_default_prompts", "SamplingConfig", "generate_replies",
+    "split_data", "DataSplit",
     # vectors and persona space
     "PersonaVector", "VectorSet", "trait_vector", "mean_difference", "pca_difference", "probe_direction",
-    "mean_vector", "role_vectors", "purify", "PersonaSpace", "LayerSweep",
+    "mean_vector", "role_vectors", "purify", "remove_shared_register", "PersonaSpace", "LayerSweep",
+    "probe_sweep", "ProbeSweep", "LinearProbe", "UnitStats", "unit_stats", "with_unit_stats", "stats_of",
     # interventions and monitoring
-    "Steer", "Ablate", "ActivationCap", "CapConfig", "calibrate_cap", "monitor_transcript", "LiveMonitor",
-    "DriftReport",
+    "Steer", "Ablate", "ProbeEdit", "ActivationCap", "CapConfig", "calibrate_cap", "monitor_transcript",
+    "LiveMonitor", "DriftReport", "calibrate_intensity", "IntensityCurve",
     # files: other tools' formats, the paper's published vectors, the vectors shipped with the package
     "export_vector", "import_vector", "import_official_axis", "import_official_capping", "shipped_vectors_dir",
     *_errors,
