@@ -60,7 +60,7 @@ class ExperimentConfig:
     judge: str = "embedding"
     target_layer: int | None = None
     cap_layers: tuple[int, ...] | None = None
-    cap_percentile: float = 25.0
+    cap_percentile: float = 10.0
     steer_coefs: tuple[float, ...] = (-0.3, -0.15, 0.0, 0.15, 0.3)
     steer_unit: str = "rel"
     reply_tokens: int = 48

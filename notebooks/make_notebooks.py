@@ -202,9 +202,11 @@ show(plots.scree(space, LAYER), "scree")
     md("""
 ### The layer sweep recorded by the pipeline
 
-At every layer the pipeline projected the default replies and the accepted role replies onto the unit axis and
-measured how well the two separate (AUROC, Cohen's d). These are **in-sample** numbers: the same replies built the
-axis. That is how it chose the layer used here.
+At every layer the pipeline projected default-assistant replies and accepted role replies onto the unit axis and
+measured how well the two separate (AUROC, Cohen's d, with 95% bootstrap intervals). The shipped vectors come from
+the `standard` preset, so these are **held-out** numbers (`summary["layer_sweep_evaluated_on"]`): replies to roles,
+prompt variants and questions that built nothing (`persona_axes.runs.splits`). That is how it chose the layer used
+here. (A preset without held-out replies, such as `quick`, reports the same sweep in-sample and says so.)
 """),
     code('''
 show(plots.layer_sweep(summary["layer_sweep"]), "layer_sweep_shipped")
@@ -306,7 +308,7 @@ steered hard soon loses fluency, which is part of what the sweep shows.
     code('''
 loaded = pa.load_model()
 axis = pa.PersonaVector.load(VECTORS / "assistant_axis.safetensors", model=loaded)
-LAYER = 20  # the layer the pipeline chose for this model (see notebook 01)
+LAYER = json.loads((VECTORS / "summary.json").read_text())["best_layer"]  # the layer the pipeline chose (notebook 01)
 SHORT = pa.SamplingConfig(max_new_tokens=24)  # greedy
 QUESTIONS = ["Describe yourself in a couple of sentences.", "What should I do this weekend?",
              "Can you help me write a birthday message?", "How do I boil an egg?", "What is a prime number?",
@@ -324,7 +326,7 @@ for q, r in zip(QUESTIONS[:3], baseline):
 replies' projections onto the axis at that layer, measured on reference activations: here the reply means
 (`reduce="mean"`) of the eight baseline replies above. (`unit="rel"` would count in mean norms of those reply
 means; a vector that stores its unit statistics needs no `reference`.) The sweep stays within -3..+3 sd (about +-0.15 rel), inside
-the range where steering this model at layer 20 was measured to change replies monotonically without loops
+the range where steering this model's axis was measured to change replies monotonically without loops
 (`experiments/steering_range.py`, table in `experiments/results/steering_units_smollm2.md`).
 `positions="generated"` steers only the positions that produce new tokens (the first one included) and leaves the
 prompt alone.
@@ -402,22 +404,29 @@ cos.sort_values().round(3).to_frame()
 show(plots.trait_cosine_heatmap({**traits, "assistant_axis": axis}, LAYER), "trait_cosines")
 '''),
     md("""
-Now steer with the **optimistic** trait, in raw units (multiples of the stored mean difference), again one batch
-row per coefficient. Reading the replies back, their projection onto the trait direction should grow with the
-coefficient. (Push much harder and this small model stops making sense.)
+Each shipped trait file says whether it **steers** on this model (`steers` in its metadata: checked with a
+behaviour scorer on held-out evaluation questions, see `vectors/smollm2-135m-instruct/README.md`), at which
+`layer`, and a `recommended_coef` in `recommended_unit`. Only the traits marked `true` are working steering vectors.
+Now steer with the **optimistic** trait at its layer, in `sd` units (spreads of default-assistant replies along
+the trait direction, stored in the file), one batch row per coefficient. Reading the replies back, their
+projection onto the trait direction should grow with the coefficient. (Push much harder and this small model
+stops making sense.)
 """),
     code('''
+print(pd.DataFrame({n: {k: v.metadata.get(k, "") for k in ("steers", "layer", "recommended_coef")}
+                    for n, v in traits.items()}).T)
 trait = traits["optimistic"]
-trait_coefs = torch.tensor([0.0, 2.0, 4.0])
-with pa.Steer(loaded, trait, layers=[LAYER], coef=trait_coefs, positions="generated"):
+T_LAYER = int(trait.metadata.get("layer", LAYER))
+trait_coefs = torch.tensor([0.0, 1.0, 2.0])
+with pa.Steer(loaded, trait, layers=[T_LAYER], coef=trait_coefs, unit="sd", positions="generated"):
     trait_replies = pa.generate_replies(loaded, [question] * len(trait_coefs), SHORT, batch_size=len(trait_coefs))
 back = pa.capture(loaded, [question + [{"role": "assistant", "content": r}] for r in trait_replies],
-                  layers=[LAYER], progress=False)
-trait_proj = (back.at(LAYER) @ trait.unit(LAYER)).tolist()
+                  layers=[T_LAYER], progress=False)
+trait_proj = (back.at(T_LAYER) @ trait.unit(T_LAYER)).tolist()
 
 assert trait_replies[0] == baseline[0]
 assert trait_proj[-1] > trait_proj[0], trait_proj
-pd.DataFrame({"coef (raw)": trait_coefs.tolist(), "projection on trait": trait_proj, "reply": trait_replies}).round(2)
+pd.DataFrame({"coef (sd)": trait_coefs.tolist(), "projection on trait": trait_proj, "reply": trait_replies}).round(2)
 '''),
     md("""
 ## Export: llama.cpp, repeng, NumPy
@@ -525,7 +534,7 @@ Replies are greedy and 24 tokens long, so this runs in a few minutes on a CPU.
 loaded = pa.load_model()
 axis = pa.PersonaVector.load(VECTORS / "assistant_axis.safetensors", model=loaded)
 cap = pa.CapConfig.load(VECTORS / "capping.safetensors", model=loaded)
-LAYER = 20  # the layer the pipeline chose for this model (see notebook 01)
+LAYER = json.loads((VECTORS / "summary.json").read_text())["best_layer"]  # the layer the pipeline chose (notebook 01)
 THRESHOLD = cap.thresholds[LAYER]  # alert when a turn falls below the cap's floor at this layer
 SHORT = pa.SamplingConfig(max_new_tokens=24)  # greedy
 

@@ -266,7 +266,7 @@ def test_unknown_file_kind_error_names_no_option_the_cli_lacks(capsys, tmp_path)
 
 
 def test_monitor_help_threshold_is_the_shipped_floor(capsys):
-    """The example threshold in `monitor --help` is the shipped capping floor at layer 20 (was 2.5)."""
+    """The example in `monitor --help` is the shipped layer and the shipped capping floor there (was 2.5)."""
     import re
 
     from persona_axes.steering.capping import CapConfig
@@ -274,10 +274,11 @@ def test_monitor_help_threshold_is_the_shipped_floor(capsys):
     with pytest.raises(SystemExit):
         main(["monitor", "--help"])
     out = capsys.readouterr().out
-    m = re.search(r"--layer 20 --threshold ([+-]?\d+(?:\.\d+)?)", out)
+    m = re.search(r"--layer (\d+) --threshold ([+-]?\d+(?:\.\d+)?)", out)
     assert m, out
-    floor = CapConfig.load(VEC / "capping.safetensors").thresholds[20]
-    assert abs(float(m.group(1)) - floor) < 0.05
+    best = json.loads((VEC / "summary.json").read_text())["best_layer"]
+    floor = CapConfig.load(VEC / "capping.safetensors").thresholds[best]
+    assert int(m.group(1)) == best and abs(float(m.group(2)) - floor) < 0.05
 
 
 MODEL_COMMANDS = ("demo", "pipeline", "steer", "cap", "chat", "monitor", "rollouts", "extract")

@@ -20,7 +20,15 @@ def setup(smollm):
 
 
 def test_axis_setup_reads_the_shipped_layer_and_floor(setup):
-    assert setup.layer == 20 and setup.floor == pytest.approx(11.487, abs=1e-3)
+    import json
+
+    from persona_axes.files import shipped_vectors_dir
+    from persona_axes.steering.capping import CapConfig
+
+    folder = shipped_vectors_dir()
+    best = json.loads((folder / "summary.json").read_text())["best_layer"]
+    cap = CapConfig.load(folder / "capping.safetensors")
+    assert setup.layer == best and setup.floor == pytest.approx(cap.thresholds[best], abs=1e-6)
 
 
 def test_drift_smoke(smollm, setup, tmp_path):

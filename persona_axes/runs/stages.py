@@ -27,10 +27,11 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from persona_axes.activations.batch import capture
 from persona_axes.activations.container import Activations
 from persona_axes.activations.extraction import extract
 from persona_axes.activations.readers.base import as_backend
@@ -43,7 +44,8 @@ from persona_axes.runs.publish import publish
 from persona_axes.runs.presets import RolloutPreset, get_preset
 from persona_axes.runs.rollouts import judge_rollouts, run_preset_rollouts
 from persona_axes.runs.store import Rollout, RolloutStore
-from persona_axes.runs.summary import CappingSummary, RoleAcceptance, RunSummary, TraitSummary
+from persona_axes.runs.summarize import summarize
+from persona_axes.runs.summary import RunSummary
 from persona_axes.steering.capping import CapConfig, calibrate_cap
 from persona_axes.vectors.methods import mean_vector, role_vectors, trait_vector
 from persona_axes.vectors.space import PersonaSpace
@@ -60,15 +62,20 @@ GROUPS = RolloutKind.values()  # role, default, trait: one activations file each
 
 @dataclass
 class PipelineConfig:
-    """What to run. ``cap_band`` is the half-width of the band of capped layers around the chosen layer."""
+    """What to run. The cap: a floor at ``cap_percentile`` of default-assistant projections over the band of
+    ``cap_band`` layers either side of the chosen layer, the percentile taken over reply tokens
+    (``cap_per_token``; the cap acts per token) or over reply means. The defaults (10th percentile of tokens, one
+    layer either side) are the setting chosen by the capping trade-off on held-out prompts
+    (``experiments/capping_tradeoff.py``)."""
 
     preset: str | RolloutPreset = "quick"
     judge: str = "embedding"
     min_role_samples: int = 3
     min_trait_samples: int = 4
     n_components: int = 10
-    cap_percentile: float = 25.0
-    cap_band: int = 3
+    cap_percentile: float = 10.0
+    cap_band: int = 1
+    cap_per_token: bool = True
     capture_batch_size: int = 16
     seed: int = 0
 
@@ -76,6 +83,8 @@ class PipelineConfig:
         for name, minimum in (("min_role_samples", 1), ("min_trait_samples", 1), ("n_components", 1),
                               ("cap_band", 0), ("capture_batch_size", 1), ("seed", None)):
             check_int(getattr(self, name), f"PipelineConfig.{name}", minimum=minimum)
+        if not isinstance(self.cap_per_token, bool):
+            raise InvalidInputError(f"PipelineConfig.cap_per_token must be True or False, got {self.cap_per_token!r}")
         check_float(self.cap_percentile, "PipelineConfig.cap_percentile", minimum=0.0, maximum=100.0)
 
     def resolved_preset(self) -> RolloutPreset:
@@ -307,9 +316,16 @@ def calibrate_run_cap(run: Run, layers: Sequence[int] | None = None, percentile:
         n, best, half = run.backend.info.n_layers, run.best_layer, run.config.cap_band
         layers = [L for L in range(best - half, best + half + 1) if 0 <= L < n]
     default = run.fit("default")
-    return calibrate_cap(run.axis, default, layers,
+    reference = default
+    if run.config.cap_per_token:  # the same fit replies, one row per reply token at the capped layers
+        keep = {it["id"] for it in default.items}
+        convs = [r.messages() for r in run.groups["default"] if r.id in keep]
+        reference = capture(run.backend, convs, layers=list(layers), reduce="all",
+                            batch_size=run.config.capture_batch_size, progress=False)
+    return calibrate_cap(run.axis, reference, layers,
                          percentile=run.config.cap_percentile if percentile is None else percentile, kind="floor",
-                         reference_name=f"{len(default)} default-assistant replies ({run.preset.name} preset)")
+                         reference_name=f"{len(default)} default-assistant replies ({run.preset.name} preset"
+                                        f"{', per token' if run.config.cap_per_token else ', reply means'})")
 
 
 def capping_stage(run: Run, *, progress: bool = True) -> Run:
@@ -331,63 +347,9 @@ def write_stage(run: Run, *, progress: bool = True) -> Run:
         vec.save(vdir / "traits" / f"{name}.safetensors")
     run.cap.save(vdir / "capping.safetensors")
     run.timings["vectors_s"] = run.timings.get("vectors_s", 0.0) + time.time() - t
-    run.summary = _summary(run)
+    run.summary = summarize(run)
     run.summary.save(run.out_dir / "summary.json")
     return run
-
-
-def _summary(run: Run) -> RunSummary:
-    space, best, cap = run.space, run.best_layer, run.cap
-    j_best = space.layers_.index(best)
-    loadings = space.loadings_[:, j_best, 0]
-    role_pc1 = {n: float(loadings[i]) for i, n in enumerate(space.role_names_)}
-    fam_pc1: dict[str, list[float]] = {}
-    for n, v in role_pc1.items():
-        fam_pc1.setdefault(run.families.get(n, "?"), []).append(v)
-    acc = run.acceptance
-    timings = {k: run.timings[k] for k in ("rollouts_s", "judge_s", "capture_s", "vectors_s") if k in run.timings}
-    timings["total_s"] = sum(timings.values())
-    return RunSummary(
-        model=run.backend.info.name,
-        preset=asdict(run.preset),
-        judge=run.judge.name,
-        n_rollouts={k: len(v) for k, v in run.groups.items()},
-        empty_replies_left_out=list(run.empty),
-        rollouts_generated_this_run=run.generated,
-        role_acceptance={n: RoleAcceptance(a, b) for n, (a, b) in acc.items()},
-        role_acceptance_rate=sum(a for a, _ in acc.values()) / max(1, sum(b for _, b in acc.values())),
-        roles_kept=list(run.roles.names),
-        roles_skipped={n: a for n, (a, _) in acc.items() if n not in run.roles.names},
-        min_role_samples=run.config.min_role_samples,
-        pc1_cosine_by_layer=[float(x) for x in space.pc1_cosine_],
-        pc1_explained_variance_by_layer=[float(x) for x in space.explained_variance_ratio_[:, 0]],
-        best_layer=best,
-        layer_sweep=run.sweep.to_records(),
-        default_pc1_at_best_layer=float(space.default_loadings_[j_best, 0]),
-        role_pc1_at_best_layer=role_pc1,
-        family_mean_pc1_at_best_layer={f: sum(v) / len(v) for f, v in fam_pc1.items()},
-        traits={n: TraitSummary(**c, cos_axis_at_best_layer=float(run.traits[n].cosine(run.axis)[best]))
-                for n, c in run.trait_counts.items()},
-        capping=CappingSummary(layers=list(cap.layers), percentile=cap.percentile, kind=str(cap.kind),
-                               thresholds={str(L): cap.thresholds[L] for L in cap.layers}),
-        timings_s=timings,
-        layer_sweep_evaluated_on=run.sweep.evaluated_on,
-        heldout=_heldout_summary(run),
-    )
-
-
-def _heldout_summary(run: Run) -> dict[str, Any]:
-    """The split and held-out counts (empty without held-out replies)."""
-    if not run.preset.heldout:
-        return {}
-    from persona_axes.runs.splits import split_data
-    from persona_axes.runs.datasets import load_default_prompts, load_questions
-
-    split = split_data(load_roles(), load_questions(), len(load_default_prompts()))
-    counts = {k: len(h) if (h := run.heldout(k)) is not None else 0 for k in run.activations}
-    role = run.heldout("role")
-    accepted = 0 if role is None else len(role.select(role_item_accepted))
-    return {"split": split.to_dict(), "n_heldout": counts, "n_heldout_role_accepted": accepted}
 
 
 PIPELINE_STAGES: tuple[Stage, ...] = (rollouts_stage, judge_stage, capture_stage, vectors_stage, space_stage,
