@@ -207,7 +207,7 @@ def register(sub: Any) -> None:
         "`persona-axes monitor` computes it: the model re-reading the conversation) and warns when it crosses the "
         "threshold (by default the capping config's threshold at that layer). /cap on|off and /steer COEF|off "
         "change how the NEXT reply is generated; /save writes a transcript `persona-axes monitor` reads.\n\n" + HELP,
-        "example:\n  persona-axes chat   (the embedded SmolLM2 with its shipped axis and cap; layer 20)\n"
+        "example:\n  persona-axes chat   (the embedded SmolLM2 with its shipped axis and cap; layer 21)\n"
         "  persona-axes chat --model ./my-model --axis axis.safetensors --cap-config capping.safetensors --layer 16",
         _cmd_chat)
     add_model_args(chat)

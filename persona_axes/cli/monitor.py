@@ -119,11 +119,11 @@ def register(sub: Any) -> None:
         "{\"messages\": [...]}); prints the mean projection of every message onto the unit axis at --layer, the "
         "smoothed value (--ema) and an alert where it crosses --threshold. Optionally writes the records as JSON "
         "and a plotly HTML figure. A threshold to start from: the capping config's value at the layer (persona-axes "
-        "info vectors/smollm2-135m-instruct/capping.safetensors lists them; +11.49 at layer 20).",
+        "info vectors/smollm2-135m-instruct/capping.safetensors lists them; -19.89 at layer 21).",
         "example:\n  persona-axes monitor chat.json --axis vectors/smollm2-135m-instruct/assistant_axis.safetensors "
-        "--layer 20 --threshold 11.5 --ema 0.5 --html drift.html --json drift.json\n"
+        "--layer 21 --threshold -19.9 --ema 0.5 --html drift.html --json drift.json\n"
         "  persona-axes monitor --input chats.jsonl --axis vectors/smollm2-135m-instruct/assistant_axis.safetensors "
-        "--layer 20 --threshold 11.5 --out drift.jsonl",
+        "--layer 21 --threshold -19.9 --out drift.jsonl",
         _cmd_monitor)
     add_model_args(mon)
     mon.add_argument("transcript", nargs="?", default=None, help="JSON or JSONL transcript (or use --input)")

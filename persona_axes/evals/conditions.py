@@ -6,8 +6,8 @@ loaded from a vectors folder such as the shipped ``vectors/smollm2-135m-instruct
 setup)``), so every evaluation runs the same code path under "baseline", "cap" or "steer:<coef>".
 
 Steering coefficients are in raw residual units along the UNIT axis at the axis layer (``Steer(unit="unit")``): the
-shipped SmolLM2 axis separates default-assistant replies (mean projection +17.5 at layer 20) from role replies
-(-8.9), a gap of about 26, so ``steer:-30`` pushes a reply a little more than that gap away from the Assistant.
+shipped SmolLM2 axis separates default-assistant replies (held-out mean projection +12.8 at layer 21) from role replies
+(-16.5), a gap of about 29, so ``steer:-30`` pushes a reply about that gap away from the Assistant.
 """
 
 from __future__ import annotations

@@ -183,9 +183,9 @@ PRESETS: dict[str, RolloutPreset] = {
         description="every packaged role with its first prompt, 6 questions (one per category), every default "
                     "prompt, every trait with 1 pair and 5 extraction questions; greedy, 48 new tokens; for a CPU",
     ),
-    # Built for issue 12's held-out measurements; about an hour on 2 CPU cores. Fit: 56 roles x prompts 0-2 x 6 fit
-    # questions x 2 samples (greedy + one at temperature 0.7) = 2,016; 6 fit default prompts x 24 fit questions x 2 =
-    # 288. Held out: 14 roles x prompts 3-4 x 12 held-out questions x 2 = 672; 8 default prompts x 12 x 2 = 192.
+    # Built for issue 12's held-out measurements; about an hour on 2 CPU cores. Fit: 57 roles x prompts 0-2 x 6 fit
+    # questions x 2 samples (greedy + one at temperature 0.7) = 2,052; 6 fit default prompts x 24 fit questions x 2 =
+    # 288. Held out: 13 roles x prompts 3-4 x 12 held-out questions x 2 = 624; 8 default prompts x 12 x 2 = 192.
     # Traits: 12 x (20 own + 20 general fit questions) x 2 pairs each (all 5 pairs used) x 2 sides = 1,920
     # extraction replies, and 10 evaluation questions x 2 pairs x 2 sides x 12 = 480 for choosing each trait's layer.
     "standard": RolloutPreset(
@@ -193,8 +193,8 @@ PRESETS: dict[str, RolloutPreset] = {
         trait_pairs=5, trait_questions=20, samples=2, max_new_tokens=48, temperature=0.7, batch_size=32,
         heldout=True, heldout_questions=12, default_questions=24, greedy_first=True, trait_samples=1,
         trait_pairs_per_question=2, trait_extra_questions=20, trait_select_questions=10,
-        description="fit: 56 roles x prompts 0-2 x 6 questions, 6 default prompts x 24 questions, greedy + 1 sample "
-                    "at T=0.7; held out: 14 roles x prompts 3-4 x 12 questions and 8 default prompts x 12 questions; "
+        description="fit: 57 roles x prompts 0-2 x 6 questions, 6 default prompts x 24 questions, greedy + 1 sample "
+                    "at T=0.7; held out: 13 roles x prompts 3-4 x 12 questions and 8 default prompts x 12 questions; "
                     "traits: all 5 pairs, 40 extraction questions per side (2 pairs each), 10 evaluation questions "
                     "for layer choice; 48 new tokens; about an hour on 2 CPU cores",
     ),
