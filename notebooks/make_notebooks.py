@@ -592,9 +592,12 @@ show(plots.drift_curves({"uncapped": uncapped}, title="Uncapped conversation: pr
     md("""
 ## The cap
 
-The shipped cap was calibrated by the pipeline on 48 default-assistant replies. `calibrate_cap` does the same from
-any reference activations; below it is recalibrated from a few replies generated now, which gives floors of the
-same kind (with so few replies, not the same numbers).
+The shipped cap is a floor at the 10th percentile of default-assistant reply **tokens** over layers 19-21 (its
+`reference` says on which replies): the cap acts per token, so it is calibrated on per-token projections, and this
+setting was chosen by a trade-off measured on held-out prompts (`experiments/results/standard/capping_smollm2.md`:
+it leaves ordinary replies unchanged but cuts role-play only a little on this model). `calibrate_cap` does the
+same from any reference activations; below it is recalibrated from a few replies generated now, captured per token
+(`reduce="all"`), which gives floors of the same kind (with so few replies, not the same numbers).
 
 Whatever the floors, the cap must do what it says: while `ActivationCap` is active, no token's projection at a
 capped layer is below that layer's floor. We check that on the uncapped transcript, every token.
@@ -605,8 +608,8 @@ calib_questions = ["How do I boil an egg?", "What is a good name for a cat?", "E
 calib_convs = [[{"role": "user", "content": q}] for q in calib_questions]
 calib_replies = pa.generate_replies(loaded, calib_convs, SHORT, batch_size=len(calib_convs))
 reference = pa.capture(loaded, [c + [{"role": "assistant", "content": r}] for c, r in zip(calib_convs, calib_replies)],
-                       layers=cap.layers, progress=False)
-fresh_cap = pa.calibrate_cap(axis, reference, cap.layers, percentile=25, reference_name="6 fresh replies")
+                       layers=cap.layers, reduce="all", progress=False)
+fresh_cap = pa.calibrate_cap(axis, reference, cap.layers, percentile=10, reference_name="6 fresh replies, per token")
 assert fresh_cap.layers == cap.layers
 for L in cap.layers:
     p = reference.at(L) @ fresh_cap.axis[L]
