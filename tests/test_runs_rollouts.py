@@ -280,7 +280,7 @@ def test_bad_inputs(tiny, tmp_path):
         R.run_rollouts(tiny, reqs, tmp_path / "r.jsonl", batch_size=0, progress=False)
     with pytest.raises(InvalidInputError, match="folder"):
         R.RolloutStore(tmp_path)
-    with pytest.raises(InvalidInputError, match="unknown rollout preset 'huge'.*quick, paper, smoke"):
+    with pytest.raises(InvalidInputError, match="unknown rollout preset 'huge'.*quick, standard, paper, smoke"):
         R.get_preset("huge")
 
 
