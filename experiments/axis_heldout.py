@@ -32,7 +32,7 @@ from persona_axes.model.load import load_model
 from persona_axes.runs.summary import RunSummary
 from persona_axes.steering.generation import SamplingConfig, generate_replies
 from persona_axes.vectors.containers import PersonaVector
-from persona_axes.vectors.space import separation
+from persona_axes.stats import separation
 
 DEFAULT_SYSTEMS = ("", "You are a helpful assistant.")
 

@@ -12,7 +12,8 @@ import numpy as np
 from persona_axes.core import check_float, check_int
 from persona_axes.errors import InvalidInputError
 
-__all__ = ["Estimate", "bootstrap", "slope", "rate", "relative_reduction", "cohen_kappa", "auroc", "spearman",
+__all__ = ["Estimate", "bootstrap", "slope", "rate", "relative_reduction", "cohen_kappa", "auroc", "cohens_d",
+           "separation", "spearman",
            "agreement"]
 
 
@@ -105,11 +106,31 @@ def auroc(labels: Sequence[bool], scores: Sequence[float]) -> float:
     s = _array(scores, "scores")
     if len(y) != len(s):
         raise InvalidInputError(f"labels and scores differ in length ({len(y)} vs {len(s)})")
-    pos, neg = s[y], s[~y]
-    if not len(pos) or not len(neg):
+    return separation(s[y], s[~y])[0]
+
+
+def cohens_d(pos: Sequence[float], neg: Sequence[float]) -> float:
+    """``(mean(pos) - mean(neg)) / pooled sd`` (ddof 1) of two samples, in float64; NaN when a side has fewer than
+    2 values or the pooled sd is 0."""
+    p, n = np.asarray(pos, dtype=np.float64).ravel(), np.asarray(neg, dtype=np.float64).ravel()
+    n1, n0 = len(p), len(n)
+    if n1 < 2 or n0 < 2:
         return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
+    pooled = ((n1 - 1) * p.var(ddof=1) + (n0 - 1) * n.var(ddof=1)) / (n1 + n0 - 2)
+    return float((p.mean() - n.mean()) / pooled**0.5) if pooled > 0 else float("nan")
+
+
+def separation(pos: Sequence[float], neg: Sequence[float]) -> tuple[float, float]:
+    """``(AUROC, Cohen's d)`` of two samples of scores: P(pos > neg) with ties counting half (from average ranks,
+    O(n log n), equal to :func:`auroc`) and :func:`cohens_d`."""
+    from scipy.stats import rankdata
+
+    p, n = np.asarray(pos, dtype=np.float64).ravel(), np.asarray(neg, dtype=np.float64).ravel()
+    n1, n0 = len(p), len(n)
+    if not n1 or not n0:
+        return float("nan"), float("nan")
+    ranks = rankdata(np.concatenate([p, n]), method="average")
+    return (float(ranks[:n1].sum()) - n1 * (n1 + 1) / 2) / (n1 * n0), cohens_d(p, n)
 
 
 def _ranks(a: np.ndarray) -> np.ndarray:

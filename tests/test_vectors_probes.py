@@ -6,7 +6,8 @@ from persona_axes.activations.container import Activations
 from persona_axes.core import ModelInfo
 from persona_axes.errors import InvalidInputError
 from persona_axes.vectors.methods import probe_direction
-from persona_axes.vectors.probes import LinearProbe, ProbeSweep, cohens_d, probe_sweep
+from persona_axes.stats import cohens_d
+from persona_axes.vectors.probes import LinearProbe, ProbeSweep, probe_sweep
 
 INFO = ModelInfo("toy", n_layers=4, hidden_size=16)
 

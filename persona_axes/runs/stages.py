@@ -274,7 +274,8 @@ def vectors_stage(run: Run, *, progress: bool = True) -> Run:
             warnings.simplefilter("ignore")  # the skipped roles are reported in the summary instead
             run.roles = role_vectors(run.accepted, key="name", min_count=run.config.min_role_samples,
                                      families=run.families)
-        run.default = mean_vector(run.fit("default"), name="default_assistant")
+        default_fit = run.fit("default")
+        run.default = mean_vector(default_fit, name="default_assistant")
         run.traits, run.trait_counts = {}, {}
         ta = run.fit("trait") if "trait" in run.activations else None
         for name in dict.fromkeys(it["name"] for it in ta.items) if ta is not None else ():
@@ -286,7 +287,7 @@ def vectors_stage(run: Run, *, progress: bool = True) -> Run:
                 pos, neg = pos_all, neg_all
             vec = trait_vector(pos, neg, "mean_diff", name=name, metadata={
                 "judge_filtered": str(filtered).lower(), "judge": run.judge.name})
-            run.traits[name] = with_unit_stats(vec, unit_stats(vec, run.fit("default"), pos, neg))
+            run.traits[name] = with_unit_stats(vec, unit_stats(vec, default_fit, pos, neg))
             run.trait_counts[name] = {"n_pos": len(pos), "n_neg": len(neg), "n_pos_all": len(pos_all),
                                       "n_neg_all": len(neg_all), "judge_filtered": filtered}
     return run

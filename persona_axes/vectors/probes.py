@@ -21,10 +21,10 @@ import torch
 from persona_axes.activations.container import Activations, mean64, nonfinite_rows
 from persona_axes.core import ModelInfo, check_float, check_int, normalize_layers
 from persona_axes.errors import InvalidInputError
-from persona_axes.stats import auroc
+from persona_axes.stats import auroc, cohens_d
 from persona_axes.vectors.methods import logistic_probe
 
-__all__ = ["LinearProbe", "ProbeSweep", "probe_sweep", "cohens_d"]
+__all__ = ["LinearProbe", "ProbeSweep", "probe_sweep"]
 
 
 @dataclass(frozen=True)
@@ -55,17 +55,6 @@ class LinearProbe:
     def logit(self, h: torch.Tensor) -> torch.Tensor:
         """``[...]`` float64 logits of activations ``h [..., d]`` (computed in float64)."""
         return h.double() @ self.weight.double() + self.bias
-
-
-def cohens_d(pos: torch.Tensor, neg: torch.Tensor) -> float:
-    """``(mean(pos) - mean(neg)) / pooled sd`` of two 1-D samples (float64; NaN when a side has < 2 values or the
-    pooled sd is 0)."""
-    p, n = pos.double(), neg.double()
-    n1, n0 = p.numel(), n.numel()
-    if n1 < 2 or n0 < 2:
-        return float("nan")
-    pooled = ((n1 - 1) * float(p.var()) + (n0 - 1) * float(n.var())) / (n1 + n0 - 2)
-    return float((p.mean() - n.mean()) / pooled**0.5) if pooled > 0 else float("nan")
 
 
 @dataclass(frozen=True)
@@ -164,6 +153,6 @@ def probe_sweep(train_pos: Activations, train_neg: Activations, test_pos: Activa
         tacc[j] = torch.cat([train[: tp.shape[0]] > 0, train[tp.shape[0]:] <= 0]).double().mean()
         md = mean64(tp[:, k]) - mean64(tn[:, k])
         u = md / md.norm().clamp_min(torch.finfo(torch.float64).tiny)
-        d[j] = cohens_d(sp[:, k].double() @ u, sn[:, k].double() @ u)
+        d[j] = cohens_d((sp[:, k].double() @ u).numpy(), (sn[:, k].double() @ u).numpy())
     return ProbeSweep(layers=tuple(chosen), accuracy=acc, auroc=auc, cohens_d=d, train_accuracy=tacc,
                       probes=probes, n_train=(tp.shape[0], tn.shape[0]), n_test=(sp.shape[0], sn.shape[0]), C=C)

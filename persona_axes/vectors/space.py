@@ -24,6 +24,7 @@ import torch
 from persona_axes.activations.container import Activations
 from persona_axes.core import ModelInfo, check_int, normalize_layers
 from persona_axes.errors import InvalidInputError, LayerOutOfRangeError, ModelMismatchError
+from persona_axes.stats import separation
 from persona_axes.vectors.containers import PersonaVector, VectorSet
 from persona_axes.vectors.methods import all_layer_values
 
@@ -326,8 +327,6 @@ class PersonaSpace:
         ``best_layer`` rule: the highest AUROC; layers within ``tol`` of it (AUROC often saturates at 1) are
         ranked by the largest Cohen's d, then by the lowest layer.
         """
-        from scipy.stats import rankdata
-
         self.check_fitted(need_axis=True)
         for acts, what in ((default_acts, "default"), (role_acts, "role")):
             if not isinstance(acts, Activations):
@@ -361,16 +360,15 @@ class PersonaSpace:
                         f"the {what} activations hold NaN or infinite values in {bad} rows at layer {L}"
                     )
             p1, p0 = p1 @ u, p0 @ u
-            ranks = rankdata(torch.cat([p1, p0]).numpy(), method="average")
-            stats["auroc"][i] = (float(ranks[:n1].sum()) - n1 * (n1 + 1) / 2) / (n1 * n0)
-            diff = float(p1.mean() - p0.mean())
-            pooled = ((n1 - 1) * float(p1.var()) + (n0 - 1) * float(p0.var())) / (n1 + n0 - 2)
-            sd = pooled**0.5
-            stats["d"][i] = diff / sd if sd > 0 else (0.0 if diff == 0 else float("inf") * (1 if diff > 0 else -1))
+            a, b = p1.numpy(), p0.numpy()
+            auc, d = separation(a, b)
+            if d != d:  # no spread on either side: identical groups are 0 apart, different ones infinitely far
+                diff = float(p1.mean() - p0.mean())
+                d = 0.0 if diff == 0 else float("inf") * (1 if diff > 0 else -1)
+            stats["auroc"][i], stats["d"][i] = auc, d
             stats["pc1"][i] = float(self.pc1_cosine_[self.layer_position(L)])
             stats["m1"][i], stats["m0"][i] = float(p1.mean()), float(p0.mean())
             if n_boot:
-                a, b = p1.numpy(), p0.numpy()
                 reps = np.array([separation(a[i1], b[i0]) for i1, i0 in zip(boot1, boot0)])
                 ci["auroc"][i] = torch.from_numpy(np.nanpercentile(reps[:, 0], [2.5, 97.5]))
                 ci["d"][i] = torch.from_numpy(np.nanpercentile(reps[:, 1], [2.5, 97.5]))
@@ -386,17 +384,4 @@ class PersonaSpace:
         )
 
 
-def separation(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float]:
-    """(AUROC, Cohen's d) of two sets of 1-d scores: P(pos > neg) with ties counting half, and the mean difference
-    over the pooled standard deviation."""
-    from scipy.stats import rankdata
-
-    n1, n0 = len(pos), len(neg)
-    ranks = rankdata(np.concatenate([pos, neg]), method="average")
-    auroc = (float(ranks[:n1].sum()) - n1 * (n1 + 1) / 2) / (n1 * n0)
-    pooled = ((n1 - 1) * float(pos.var(ddof=1)) + (n0 - 1) * float(neg.var(ddof=1))) / (n1 + n0 - 2)
-    diff = float(pos.mean() - neg.mean())
-    return auroc, (diff / pooled**0.5 if pooled > 0 else float("nan"))
-
-
-__all__ = ["PersonaSpace", "LayerSweep", "separation"]
+__all__ = ["PersonaSpace", "LayerSweep"]
